@@ -1,0 +1,38 @@
+"""The generation-engine interface: prompts in, G sampled completions per prompt out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class SamplingParams:
+    """How to sample. temperature 0 means greedy decoding."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filtering
+    max_new_tokens: int = 64
+    seed: int = 0
+
+
+@dataclass
+class Generation:
+    """One sampled completion. ``completion_ids`` ends with EOS unless the completion was cut at max_new_tokens."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    text: str
+    truncated: bool
+    extra: dict = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    def generate(self, prompts: list[str], n: int, params: SamplingParams) -> list[list[Generation]]:
+        """``n`` completions for each prompt: result[i][j] is the j-th completion of prompt i."""
+        ...
+
+    def sync_weights(self) -> None:
+        """Called after every optimizer step (engines holding their own copy of the weights refresh it)."""
+        ...

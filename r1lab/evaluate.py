@@ -1,0 +1,136 @@
+"""Evaluation metrics following the DeepSeek-R1 protocol.
+
+R1 reports pass@1 as the mean correctness of k samples per problem (temperature 0.6,
+top-p 0.95) rather than greedy accuracy, because greedy decoding of long reasoning
+traces is prone to repetition and varies more from checkpoint to checkpoint. cons@k is
+the accuracy of the majority-voted answer over the same k samples.
+
+Everything above the "running a model" marker is a pure function of already-graded
+samples, so it can be tested without a model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from statistics import fmean
+
+
+def _check_problems(correct: list[list[bool]]) -> None:
+    if not correct:
+        raise ValueError("no problems to score")
+    if any(len(samples) == 0 for samples in correct):
+        raise ValueError("every problem needs at least one sample")
+
+
+def pass_at_1(correct: list[list[bool]]) -> float:
+    """Mean over problems of the share of that problem's samples that are correct.
+
+    Averaging per problem first keeps every problem's weight equal even if the
+    number of samples differs between problems.
+    """
+    _check_problems(correct)
+    return fmean(fmean(bool(c) for c in samples) for samples in correct)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k from n samples of which c are correct.
+
+    1 - C(n-c, k) / C(n, k), computed as 1 - prod_{i=n-c+1}^{n} (1 - k/i) so that
+    no huge binomial coefficients are formed.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if c < 0:
+        raise ValueError(f"c must not be negative, got {c}")
+    if k > n:
+        raise ValueError(f"k={k} is larger than the number of samples n={n}")
+    if c > n:
+        raise ValueError(f"c={c} correct is more than the number of samples n={n}")
+    if n - c < k:
+        # Every draw of k samples must contain a correct one.
+        return 1.0
+    probability_all_wrong = 1.0
+    for i in range(n - c + 1, n + 1):
+        probability_all_wrong *= 1.0 - k / i
+    return 1.0 - probability_all_wrong
+
+
+def mean_pass_at_k(correct: list[list[bool]], k: int) -> float:
+    """pass@k averaged over problems, each estimated from all of its samples."""
+    _check_problems(correct)
+    return fmean(pass_at_k(len(samples), sum(bool(c) for c in samples), k) for samples in correct)
+
+
+def normalize_answer(answer: str | None) -> str | None:
+    """The form answers are compared in for voting; empty answers count as missing."""
+    if answer is None:
+        return None
+    stripped = str(answer).strip()
+    return stripped or None
+
+
+def majority_vote(answers: list[str | None]) -> str | None:
+    """Most common normalised answer, ties going to the one seen first; None if none."""
+    votes = Counter(a for a in map(normalize_answer, answers) if a is not None)
+    if not votes:
+        return None
+    # Counter.most_common keeps first-seen order among equal counts.
+    return votes.most_common(1)[0][0]
+
+
+def cons_at_k(answers: list[list[str | None]], correct: list[list[bool]]) -> float:
+    """Share of problems whose majority-voted answer is correct.
+
+    The majority answer is judged by the grade of a sample that produced it, so the
+    grader (which may accept equivalent forms) is not needed again here.
+    """
+    _check_problems(correct)
+    if len(answers) != len(correct):
+        raise ValueError(f"{len(answers)} answer lists but {len(correct)} correctness lists")
+    solved = []
+    for problem_answers, problem_correct in zip(answers, correct):
+        if len(problem_answers) != len(problem_correct):
+            raise ValueError("each problem needs one correctness flag per answer")
+        winner = majority_vote(problem_answers)
+        solved.append(
+            winner is not None
+            and any(
+                bool(is_correct) and normalize_answer(answer) == winner
+                for answer, is_correct in zip(problem_answers, problem_correct)
+            )
+        )
+    return fmean(solved)
+
+
+def summarize_samples(records: list[dict]) -> dict:
+    """Aggregate graded samples into the numbers an evaluation reports.
+
+    Each record: {"problem", "answer", "correct", "format", "length", "truncated"}.
+    Every problem must have the same number of samples k, otherwise cons@k and
+    pass@1 would not mean the same thing across problems.
+    """
+    if not records:
+        raise ValueError("no samples to summarize")
+    by_problem: dict[object, list[dict]] = {}
+    for record in records:
+        by_problem.setdefault(record["problem"], []).append(record)
+
+    sample_counts = {len(samples) for samples in by_problem.values()}
+    if len(sample_counts) != 1:
+        raise ValueError(f"problems have different numbers of samples: {sorted(sample_counts)}")
+    (k,) = sample_counts
+
+    correct = [[bool(r["correct"]) for r in samples] for samples in by_problem.values()]
+    answers = [[r["answer"] for r in samples] for samples in by_problem.values()]
+    return {
+        "pass@1": round(pass_at_1(correct), 4),
+        "cons@k": round(cons_at_k(answers, correct), 4),
+        "k": k,
+        "num_problems": len(by_problem),
+        "format_rate": round(fmean(bool(r["format"]) for r in records), 4),
+        "length_mean": round(fmean(r["length"] for r in records), 4),
+        "truncated_rate": round(fmean(bool(r["truncated"]) for r in records), 4),
+    }
+
+
+# --- running a model ---

@@ -1,0 +1,458 @@
+"""Plots and a self-contained HTML report for a run folder.
+
+A run folder holds `metrics.jsonl` (one JSON object per logged step), `samples.jsonl`
+(logged completions) and `summary.json` (per-stage evaluation results). Any of them may
+be missing or still being written, so every reader here skips what it cannot parse.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+# Drawing through a Figure bound to the Agg canvas (never pyplot) needs no display and
+# leaves the process-wide matplotlib backend alone.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+TRAINING_CURVES_FILE = "training_curves.png"
+DIAGNOSTICS_FILE = "training_diagnostics.png"
+REPORT_FILE = "report.html"
+
+REWARD_COMPONENTS = [
+    # (key, legend label, line style)
+    ("reward/mean", "reward", "-"),
+    ("reward/accuracy", "accuracy", "--"),
+    ("reward/format", "format", ":"),
+]
+HELD_OUT_ACCURACY = "eval/pass@1"
+TRAINING_LENGTH = "completion/length_mean"
+EVAL_LENGTH = "eval/length_mean"
+DIAGNOSTIC_METRICS = [
+    ("kl", "KL to reference"),
+    ("clip_frac", "clip fraction"),
+    ("entropy", "entropy"),
+    ("groups/zero_spread_frac", "share of groups with equal rewards"),
+    ("step_seconds", "seconds per step"),
+]
+SAMPLES_PER_STEP_SHOWN = 8
+
+Series = tuple[list[float], list[float]]  # (steps, values), sorted by step
+
+
+# --- reading run files ---
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    """JSON objects from a JSON-lines file; unreadable lines (a half-written last line) are skipped."""
+    if not path.is_file():
+        return
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def _is_plottable_number(value) -> bool:
+    # bool is an int subclass but a flag, not a measurement.
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Rows of metrics.jsonl holding "stage", "step" and only the finite numeric values."""
+    rows = []
+    for record in _read_jsonl(Path(run_dir) / "metrics.jsonl"):
+        if not _is_plottable_number(record.get("step")):
+            continue
+        row = {"stage": str(record.get("stage", "run")), "step": record["step"]}
+        for key, value in record.items():
+            if key not in ("stage", "step") and _is_plottable_number(value):
+                row[key] = float(value)
+        rows.append(row)
+    return rows
+
+
+def read_summary(run_dir: str | Path) -> dict | None:
+    """summary.json, or None when it is missing or not valid JSON."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def stages_in_order(rows: list[dict]) -> list[str]:
+    """Stage names in the order they first appear in the log."""
+    return list(dict.fromkeys(row["stage"] for row in rows))
+
+
+def metric_series(rows: list[dict], key: str) -> dict[str, Series]:
+    """Per stage, the (step, value) pairs of one metric, sorted by step."""
+    pairs_by_stage: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        if key in row:
+            pairs_by_stage.setdefault(row["stage"], []).append((row["step"], row[key]))
+    series = {}
+    for stage, pairs in pairs_by_stage.items():
+        pairs.sort(key=lambda pair: pair[0])  # stable: a resumed run keeps log order per step
+        series[stage] = ([p[0] for p in pairs], [p[1] for p in pairs])
+    return series
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Mean over a window centred on each point (narrower at the ends).
+
+    Centred rather than trailing so the smoothed curve does not lag behind a trend.
+    """
+    half = max(1, window) // 2
+    prefix = [0.0]
+    for value in values:
+        prefix.append(prefix[-1] + value)
+    averaged = []
+    for i in range(len(values)):
+        start, stop = max(0, i - half), min(len(values), i + half + 1)
+        averaged.append((prefix[stop] - prefix[start]) / (stop - start))
+    return averaged
+
+
+def smoothing_window(num_points: int) -> int:
+    """About a tenth of the series: visible trend without hiding a late change."""
+    return max(1, min(50, num_points // 10))
+
+
+# --- plotting ---
+
+
+def _stage_colors(stages: list[str]) -> dict[str, str]:
+    return {stage: f"C{i % 10}" for i, stage in enumerate(stages)}
+
+
+def _label(stage: str, name: str, several_stages: bool) -> str:
+    return f"{stage}: {name}" if several_stages else name
+
+
+def _plot_noisy(ax, steps, values, color, style, label, show_raw: bool) -> None:
+    """Smoothed line, with the raw values as a faint line behind it."""
+    window = smoothing_window(len(values))
+    if show_raw and window > 1:
+        ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+    marker = "o" if len(values) == 1 else None  # a single point draws no line
+    ax.plot(steps, moving_average(values, window), color=color, linestyle=style, marker=marker, label=label)
+
+
+def _finish_axes(ax, title: str, ylabel: str, has_data: bool) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if has_data:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _select_stages(rows: list[dict], stage: str | None) -> list[dict]:
+    return rows if stage is None else [row for row in rows if row["stage"] == stage]
+
+
+def plot_training_curves(run_dir: str | Path, stage: str | None = None) -> Path | None:
+    """training_curves.png: training reward, held-out pass@1 and completion length per step.
+
+    These are the R1 paper's signature curves: reward and accuracy rising while
+    responses grow longer. Each stage gets its own colour; `stage` keeps just one.
+    Returns None when there is nothing to plot.
+    """
+    run_dir = Path(run_dir)
+    rows = _select_stages(read_metrics(run_dir), stage)
+    stages = stages_in_order(rows)
+    several = len(stages) > 1
+    colors = _stage_colors(stages)
+
+    reward_series = {key: metric_series(rows, key) for key, _, _ in REWARD_COMPONENTS}
+    accuracy_series = metric_series(rows, HELD_OUT_ACCURACY)
+    length_series = metric_series(rows, TRAINING_LENGTH)
+    eval_length_series = metric_series(rows, EVAL_LENGTH)
+    if not (any(reward_series.values()) or accuracy_series or length_series or eval_length_series):
+        return None
+
+    figure = _new_figure(15, 4.2)
+    reward_ax, accuracy_ax, length_ax = figure.subplots(1, 3)
+
+    for key, name, style in REWARD_COMPONENTS:
+        for stage_name, (steps, values) in reward_series[key].items():
+            _plot_noisy(reward_ax, steps, values, colors[stage_name], style,
+                        _label(stage_name, name, several), show_raw=key == "reward/mean")
+    _finish_axes(reward_ax, "Training reward", "reward", any(reward_series.values()))
+
+    for stage_name, (steps, values) in accuracy_series.items():
+        accuracy_ax.plot(steps, values, color=colors[stage_name], marker="o", markersize=4,
+                         label=_label(stage_name, "pass@1", several))
+    _finish_axes(accuracy_ax, "Held-out accuracy", "pass@1", bool(accuracy_series))
+
+    for stage_name in stages:
+        if stage_name in length_series:
+            steps, values = length_series[stage_name]
+            _plot_noisy(length_ax, steps, values, colors[stage_name], "-",
+                        _label(stage_name, "training", several), show_raw=True)
+        elif stage_name in eval_length_series:
+            # Stages that log no training length (e.g. evaluation only) still show a trend.
+            steps, values = eval_length_series[stage_name]
+            length_ax.plot(steps, values, color=colors[stage_name], marker="o", markersize=4,
+                           linestyle="--", label=_label(stage_name, "held-out", several))
+    _finish_axes(length_ax, "Mean completion length", "tokens",
+                 bool(length_series or eval_length_series))
+
+    path = run_dir / TRAINING_CURVES_FILE
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def plot_extra_metrics(run_dir: str | Path) -> Path | None:
+    """training_diagnostics.png: KL, clip fraction, entropy, zero-spread share, step time.
+
+    Only the metrics present in the log get a panel; None when there are none.
+    """
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    stages = stages_in_order(rows)
+    colors = _stage_colors(stages)
+    several = len(stages) > 1
+    present = [(key, title, metric_series(rows, key)) for key, title in DIAGNOSTIC_METRICS]
+    present = [(key, title, series) for key, title, series in present if series]
+    if not present:
+        return None
+
+    columns = min(3, len(present))
+    rows_of_panels = math.ceil(len(present) / columns)
+    figure = _new_figure(5 * columns, 3.8 * rows_of_panels)
+    axes = figure.subplots(rows_of_panels, columns, squeeze=False).flatten()
+    for ax, (key, title, series) in zip(axes, present):
+        for stage_name, (steps, values) in series.items():
+            _plot_noisy(ax, steps, values, colors[stage_name], "-",
+                        _label(stage_name, key, several), show_raw=True)
+        _finish_axes(ax, title, key, True)
+    for unused_ax in axes[len(present):]:
+        unused_ax.set_visible(False)
+
+    path = run_dir / DIAGNOSTICS_FILE
+    figure.savefig(path, dpi=110)
+    return path
+
+
+# --- summary table ---
+
+
+def _format_rate(value) -> str:
+    return f"{value:.4f}" if _is_plottable_number(value) else "—"
+
+
+def _format_length(value) -> str:
+    return f"{value:.1f}" if _is_plottable_number(value) else "—"
+
+
+def _format_count(value) -> str:
+    return str(int(value)) if _is_plottable_number(value) else "—"
+
+
+SUMMARY_COLUMNS: list[tuple[str, str, Callable[[object], str]]] = [
+    # (header, key in the stage's "eval" dict, formatter)
+    ("pass@1", "pass@1", _format_rate),
+    ("cons@k", "cons@k", _format_rate),
+    ("k", "k", _format_count),
+    ("format rate", "format_rate", _format_rate),
+    ("mean length", "length_mean", _format_length),
+    ("problems", "num_problems", _format_count),
+]
+
+
+def summary_rows(summary: dict) -> list[list[str]]:
+    """One row of display strings per stage: name, kind, then SUMMARY_COLUMNS."""
+    rows = []
+    for stage in summary.get("stages") or []:
+        if not isinstance(stage, dict):
+            continue
+        results = stage.get("eval") if isinstance(stage.get("eval"), dict) else {}
+        row = [str(stage.get("stage", "?")), str(stage.get("kind") or "—")]
+        row += [formatter(results.get(key)) for _, key, formatter in SUMMARY_COLUMNS]
+        rows.append(row)
+    return rows
+
+
+def _summary_headers() -> list[str]:
+    return ["stage", "kind"] + [header for header, _, _ in SUMMARY_COLUMNS]
+
+
+def summary_table_markdown(summary: dict) -> str:
+    """GitHub markdown table with one row per stage of summary.json."""
+
+    def cell(text: str) -> str:
+        # A pipe or line break would split the cell.
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    headers = _summary_headers()
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * (len(headers) - 2)) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(text) for text in row) + " |" for row in summary_rows(summary)]
+    return "\n".join(lines) + "\n"
+
+
+def _summary_table_html(summary: dict) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in _summary_headers())
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(text)}</td>" for text in row) + "</tr>"
+        for row in summary_rows(summary)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# --- samples ---
+
+
+def first_and_last_step_samples(run_dir: str | Path, per_step: int = SAMPLES_PER_STEP_SHOWN) -> dict:
+    """Per stage (in log order): {"first": (step, samples), "last": (step, samples)}.
+
+    Read in one pass keeping at most `per_step` samples per end, so a long
+    samples.jsonl never has to fit in memory.
+    """
+    ends: dict[str, dict] = {}
+    for record in _read_jsonl(Path(run_dir) / "samples.jsonl"):
+        step = record.get("step")
+        if not _is_plottable_number(step):
+            continue
+        stage = ends.setdefault(str(record.get("stage", "run")),
+                                {"first": (step, []), "last": (step, [])})
+        for end, is_further in (("first", step < stage["first"][0]), ("last", step > stage["last"][0])):
+            if is_further:
+                stage[end] = (step, [])
+            end_step, kept = stage[end]
+            if step == end_step and len(kept) < per_step:
+                kept.append(record)
+    return ends
+
+
+def _format_reward(value) -> str:
+    return f"{value:.3f}" if _is_plottable_number(value) else html.escape(str(value))
+
+
+def _sample_html(record: dict) -> str:
+    rewards = record.get("rewards")
+    reward_parts = (
+        ", ".join(f"{html.escape(str(name))}={_format_reward(v)}" for name, v in rewards.items())
+        if isinstance(rewards, dict) else ""
+    )
+    answer = record.get("answer")
+    return (
+        '<div class="sample">'
+        f'<div class="meta">answer: <code>{html.escape("—" if answer is None else str(answer))}</code>'
+        f" · reward: {_format_reward(record.get('reward'))}"
+        + (f" · {reward_parts}" if reward_parts else "")
+        + "</div>"
+        f'<div class="label">prompt</div><pre>{html.escape(str(record.get("prompt", "")))}</pre>'
+        f'<div class="label">completion</div><pre>{html.escape(str(record.get("completion", "")))}</pre>'
+        "</div>"
+    )
+
+
+def _samples_html(run_dir: Path) -> str:
+    ends = first_and_last_step_samples(run_dir)
+    if not ends:
+        return "<p>No samples logged yet.</p>"
+    parts = []
+    for stage, stage_ends in ends.items():
+        parts.append(f"<h3>{html.escape(stage)}</h3>")
+        shown = [("first", stage_ends["first"])]
+        if stage_ends["last"][0] != stage_ends["first"][0]:
+            shown.append(("last", stage_ends["last"]))
+        for end, (step, records) in shown:
+            parts.append(f"<h4>{end} logged step: {html.escape(str(step))}</h4>")
+            parts += [_sample_html(record) for record in records]
+    return "\n".join(parts)
+
+
+# --- report ---
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
+th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
+img { max-width: 100%; }
+.sample { border: 1px solid #ddd; border-radius: 4px; padding: 0.5em 0.8em; margin: 0.8em 0; }
+.meta { font-size: 0.9em; color: #444; }
+.label { font-size: 0.8em; color: #777; margin-top: 0.4em; }
+pre { white-space: pre-wrap; word-break: break-word; background: #f6f6f6; padding: 0.5em; margin: 0.2em 0; }
+"""
+
+
+def _embedded_png(path: Path, alt: str) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """report.html: summary table, plots (embedded) and sample completions per stage.
+
+    Self-contained so it can be opened or shared as a single file; missing run files
+    give a note in place of their section.
+    """
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir)
+    run_name = str((summary or {}).get("run") or run_dir.name)
+
+    if summary and summary.get("stages"):
+        table = _summary_table_html(summary)
+    else:
+        table = "<p>No summary yet.</p>"
+
+    plots = [
+        (plot_training_curves(run_dir), "training reward, held-out accuracy and completion length"),
+        (plot_extra_metrics(run_dir), "training diagnostics"),
+    ]
+    images = [_embedded_png(path, alt) for path, alt in plots if path is not None]
+    curves = "\n".join(images) if images else "<p>No metrics yet.</p>"
+
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>r1lab report: {html.escape(run_name)}</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+<h1>r1lab report: {html.escape(run_name)}</h1>
+<h2>Evaluation</h2>
+{table}
+<h2>Training curves</h2>
+{curves}
+<h2>Sample completions</h2>
+{_samples_html(run_dir)}
+</body>
+</html>
+"""
+    path = run_dir / REPORT_FILE
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,66 @@
+"""Answer checkers: `verifier(answer_text, example) -> bool`, looked up by the example's "verifier" field.
+
+Each task owns its verifier (integer: arithmetic, countdown: countdown); the generic ones for
+user datasets (exact, number) live here.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Callable
+
+from r1lab.tasks.arithmetic import integer_verifier
+from r1lab.tasks.countdown import countdown_verifier
+
+
+def exact_verifier(answer_text: str, example: dict) -> bool:
+    """Equal strings once surrounding whitespace is stripped from both."""
+    return answer_text.strip() == str(example["answer"]).strip()
+
+
+# Plain integers or decimals ("12", "-0.5", ".5", "1,000", "1,234.5") or a simple fraction of integers ("3/4").
+_DECIMAL = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[+-]?\.\d+")
+_FRACTION = re.compile(r"([+-]?\d+)/(\d+)")
+
+
+def parse_number(text: str) -> Fraction | None:
+    """An exact value for a number written as an integer, a decimal or a/b; None when it is none of these."""
+    text = text.strip()
+    if _DECIMAL.fullmatch(text):
+        return Fraction(text.replace(",", ""))
+    match = _FRACTION.fullmatch(text)
+    if match and int(match.group(2)) != 0:
+        return Fraction(int(match.group(1)), int(match.group(2)))
+    return None
+
+
+def number_verifier(answer_text: str, example: dict) -> bool:
+    """Numerically equal within a relative tolerance of 1e-6 (exact for 0)."""
+    reference = parse_number(str(example["answer"]))
+    if reference is None:
+        raise ValueError(f"reference answer {example['answer']!r} is not a number the 'number' verifier reads")
+    value = parse_number(answer_text)
+    if value is None:
+        return False
+    return abs(value - reference) <= Fraction(1, 10**6) * max(abs(value), abs(reference))
+
+
+VERIFIERS: dict[str, Callable[[str, dict], bool]] = {
+    "integer": integer_verifier,
+    "countdown": countdown_verifier,
+    "exact": exact_verifier,
+    "number": number_verifier,
+}
+
+
+def verify(answer_text: str | None, example: dict) -> bool:
+    """Check an extracted answer with the verifier the example names; a missing answer (None) is wrong."""
+    if "verifier" not in example:
+        raise ValueError(f"example has no 'verifier' field (keys: {', '.join(sorted(example))})")
+    name = example["verifier"]
+    if name not in VERIFIERS:
+        raise ValueError(f"unknown verifier {name!r}; known verifiers: {', '.join(sorted(VERIFIERS))}")
+    if answer_text is None:
+        return False
+    return bool(VERIFIERS[name](answer_text, example))

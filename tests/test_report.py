@@ -1,0 +1,213 @@
+"""Plots and the HTML report built from synthetic run folders."""
+
+import json
+import random
+
+import pytest
+
+from r1lab.report import (
+    first_and_last_step_samples,
+    moving_average,
+    plot_extra_metrics,
+    plot_training_curves,
+    read_metrics,
+    summary_table_markdown,
+    write_report,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+SUMMARY = {
+    "run": "tiny-r1",
+    "stages": [
+        {"stage": "sft", "kind": "sft", "checkpoint": "ckpt/sft", "eval": {
+            "pass@1": 0.125, "cons@k": 0.25, "k": 8, "format_rate": 0.875,
+            "length_mean": 41.25, "num_problems": 64}},
+        {"stage": "grpo", "kind": "grpo", "checkpoint": None, "eval": {
+            "pass@1": 0.40625, "cons@k": 0.5, "k": 8, "format_rate": 0.99,
+            "length_mean": 120.5, "num_problems": 64, "truncated_rate": 0.0}},
+        {"stage": "distill", "kind": "distill", "checkpoint": None, "eval": None},
+    ],
+}
+
+
+def _write_jsonl(path, records, truncated_tail=None):
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if truncated_tail is not None:
+        text += truncated_tail
+    path.write_text(text, encoding="utf-8")
+
+
+def _synthetic_metrics(stages=("grpo",), steps=60):
+    rng = random.Random(0)
+    records = []
+    for stage in stages:
+        for step in range(steps):
+            progress = step / steps
+            records.append({
+                "stage": stage, "step": step,
+                "reward/mean": progress + rng.uniform(-0.2, 0.2),
+                "reward/std": 0.3,
+                "reward/accuracy": progress * 0.9 + rng.uniform(-0.1, 0.1),
+                "reward/format": min(1.0, 0.5 + progress),
+                "kl": 0.01 * step, "clip_frac": 0.02, "entropy": 1.5 - progress,
+                "completion/length_mean": 50 + 100 * progress + rng.uniform(-10, 10),
+                "groups/zero_spread_frac": 0.5 - 0.3 * progress,
+                "step_seconds": 1.2,
+                "note": "text is ignored", "flag": True,
+            })
+            if step % 10 == 0:
+                records.append({"stage": stage, "step": step, "eval/pass@1": progress,
+                                "eval/cons@k": progress, "eval/format_rate": 1.0,
+                                "eval/length_mean": 60 + step})
+    return records
+
+
+def _assert_png(path, min_bytes=10_000):
+    assert path is not None and path.is_file()
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert len(data) > min_bytes
+
+
+def test_moving_average_is_centred_and_keeps_length():
+    assert moving_average([1, 2, 3, 4, 5], 3) == [1.5, 2, 3, 4, 4.5]
+    assert moving_average([0, 0, 9, 0, 0], 5) == [3, 2.25, 1.8, 2.25, 3]
+    assert moving_average([5, 7], 1) == [5, 7]
+    assert moving_average([], 3) == []
+
+
+def test_read_metrics_keeps_only_finite_numbers_and_skips_broken_lines(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"stage": "grpo", "step": 1, "kl": 0.5, "note": "x", "flag": true, "bad": NaN}\n'
+        "not json\n"
+        '{"stage": "grpo", "kl": 0.1}\n'  # no step: cannot be placed on the x axis
+        '{"stage": "grpo", "step": 2, "kl": 0.',  # half-written last line
+        encoding="utf-8",
+    )
+    assert read_metrics(tmp_path) == [{"stage": "grpo", "step": 1, "kl": 0.5}]
+
+
+def test_training_curves_png(tmp_path):
+    _write_jsonl(tmp_path / "metrics.jsonl", _synthetic_metrics())
+    path = plot_training_curves(tmp_path)
+    assert path == tmp_path / "training_curves.png"
+    _assert_png(path)
+
+
+def test_training_curves_tolerate_truncated_last_line(tmp_path):
+    _write_jsonl(tmp_path / "metrics.jsonl", _synthetic_metrics(),
+                 truncated_tail='{"stage": "grpo", "step": 60, "reward/me')
+    _assert_png(plot_training_curves(tmp_path))
+
+
+def test_training_curves_several_stages_and_one_chosen(tmp_path):
+    _write_jsonl(tmp_path / "metrics.jsonl", _synthetic_metrics(stages=("zero", "grpo")))
+    _assert_png(plot_training_curves(tmp_path))
+    _assert_png(plot_training_curves(tmp_path, stage="zero"))
+    assert plot_training_curves(tmp_path, stage="no-such-stage") is None
+
+
+def test_training_curves_with_only_eval_lines(tmp_path):
+    _write_jsonl(tmp_path / "metrics.jsonl",
+                 [{"stage": "base", "step": 0, "eval/pass@1": 0.1, "eval/length_mean": 30.0}])
+    _assert_png(plot_training_curves(tmp_path), min_bytes=5_000)
+
+
+def test_empty_run_gives_no_plots(tmp_path):
+    assert plot_training_curves(tmp_path) is None
+    assert plot_extra_metrics(tmp_path) is None
+    (tmp_path / "metrics.jsonl").write_text("", encoding="utf-8")
+    assert plot_training_curves(tmp_path) is None
+    assert plot_extra_metrics(tmp_path) is None
+    assert not (tmp_path / "training_curves.png").exists()
+
+
+def test_unknown_keys_only_gives_no_plots(tmp_path):
+    _write_jsonl(tmp_path / "metrics.jsonl", [{"stage": "sft", "step": 1, "loss": 2.0}])
+    assert plot_training_curves(tmp_path) is None
+    assert plot_extra_metrics(tmp_path) is None
+
+
+def test_diagnostics_png(tmp_path):
+    _write_jsonl(tmp_path / "metrics.jsonl", _synthetic_metrics(stages=("zero", "grpo")))
+    path = plot_extra_metrics(tmp_path)
+    assert path == tmp_path / "training_diagnostics.png"
+    _assert_png(path)
+
+
+def test_diagnostics_with_a_single_metric(tmp_path):
+    _write_jsonl(tmp_path / "metrics.jsonl",
+                 [{"stage": "grpo", "step": s, "kl": 0.1 * s} for s in range(5)])
+    _assert_png(plot_extra_metrics(tmp_path), min_bytes=5_000)
+
+
+def _sample(stage, step, index, completion=None):
+    return {"stage": stage, "step": step, "prompt": f"Q{index}: 2+2? <user>",
+            "completion": completion or f"<think>step {step} sample {index}</think> 4",
+            "answer": "4", "reward": 1.0, "rewards": {"accuracy": 1.0, "format": 0.5}}
+
+
+def test_first_and_last_step_samples(tmp_path):
+    records = [_sample("grpo", step, i) for step in (0, 5, 10) for i in range(10)]
+    records += [_sample("sft", 3, i) for i in range(2)]
+    _write_jsonl(tmp_path / "samples.jsonl", records)
+    ends = first_and_last_step_samples(tmp_path)
+    assert list(ends) == ["grpo", "sft"]
+    first_step, first = ends["grpo"]["first"]
+    last_step, last = ends["grpo"]["last"]
+    assert (first_step, last_step) == (0, 10)
+    assert len(first) == len(last) == 8
+    assert {r["step"] for r in last} == {10}
+    assert ends["sft"]["first"][0] == ends["sft"]["last"][0] == 3
+
+
+def test_report_contains_table_plots_and_escaped_samples(tmp_path):
+    _write_jsonl(tmp_path / "metrics.jsonl", _synthetic_metrics())
+    (tmp_path / "summary.json").write_text(json.dumps(SUMMARY), encoding="utf-8")
+    samples = [_sample("grpo", 0, i) for i in range(3)]
+    samples += [_sample("grpo", 50, 0, completion="<think>late & long</think> <answer>4</answer>")]
+    _write_jsonl(tmp_path / "samples.jsonl", samples)
+
+    path = write_report(tmp_path)
+    assert path == tmp_path / "report.html"
+    page = path.read_text(encoding="utf-8")
+    assert "tiny-r1" in page
+    for value in ("0.4062", "0.5000", "0.9900", "120.5", "64", "0.1250", "41.2"):
+        assert value in page
+    assert page.count("data:image/png;base64,") == 2
+    assert "&lt;think&gt;step 0 sample 0&lt;/think&gt;" in page
+    assert "&lt;think&gt;late &amp; long&lt;/think&gt;" in page
+    assert "<think>" not in page and "<user>" not in page
+    assert "first logged step: 0" in page and "last logged step: 50" in page
+    assert "accuracy=1.000" in page
+
+
+def test_report_for_empty_run(tmp_path):
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "no metrics yet" in page.lower()
+    assert "data:image/png" not in page
+    assert tmp_path.name in page
+
+
+def test_report_tolerates_broken_summary(tmp_path):
+    (tmp_path / "summary.json").write_text('{"run": "x", "stag', encoding="utf-8")
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "no summary yet" in page.lower()
+
+
+def test_summary_table_markdown():
+    table = summary_table_markdown(SUMMARY)
+    lines = table.strip().splitlines()
+    assert lines[0] == "| stage | kind | pass@1 | cons@k | k | format rate | mean length | problems |"
+    assert lines[1] == "|---|---|---:|---:|---:|---:|---:|---:|"
+    assert lines[2] == "| sft | sft | 0.1250 | 0.2500 | 8 | 0.8750 | 41.2 | 64 |"
+    assert lines[3] == "| grpo | grpo | 0.4062 | 0.5000 | 8 | 0.9900 | 120.5 | 64 |"
+    assert lines[4] == "| distill | distill | — | — | — | — | — | — |"
+    assert len(lines) == 5
+
+
+def test_summary_table_markdown_escapes_pipes_and_handles_no_stages():
+    table = summary_table_markdown({"stages": [{"stage": "a|b", "kind": "rl", "eval": None}]})
+    assert "| a\\|b | rl |" in table
+    assert len(summary_table_markdown({"run": "x"}).strip().splitlines()) == 2
