@@ -134,3 +134,41 @@ def summarize_samples(records: list[dict]) -> dict:
 
 
 # --- running a model ---
+# Everything below runs a model: sampling k completions per held-out problem and grading them.
+
+
+def evaluate_model(engine, task, template, *, num_problems: int, k: int, temperature: float, top_p: float,
+                   max_new_tokens: int, seed: int, samples_path=None, split: str = "test") -> dict:
+    """pass@1 over k samples, cons@k, format rate and lengths on ``num_problems`` held-out problems.
+
+    ``samples_path``: where to write a JSONL line per sample (prompt, completion, answer, correct).
+    """
+    import json
+
+    from r1lab.engine import SamplingParams
+    from r1lab.rewards import extract_answer, format_reward
+    from r1lab.tasks import verify
+
+    examples = task.examples(split, num_problems, seed=seed)
+    prompts = [template.render(ex["prompt"]) for ex in examples]
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    generations = engine.generate(prompts, k, params)
+    records, lines = [], []
+    for problem, (example, group) in enumerate(zip(examples, generations)):
+        for generation in group:
+            response = template.prefill + generation.text
+            answer = extract_answer(response)
+            correct = verify(answer, example)
+            records.append({"problem": problem, "answer": answer, "correct": correct,
+                            "format": format_reward(response, example) == 1.0,
+                            "length": len(generation.completion_ids), "truncated": generation.truncated})
+            if samples_path is not None:
+                lines.append(json.dumps({"problem": problem, "prompt": example["prompt"], "completion": response,
+                                         "reference": example["answer"], "answer": answer, "correct": correct}))
+    if samples_path is not None:
+        from r1lab.checkpoint import atomic_write_text
+
+        atomic_write_text(samples_path, "\n".join(lines) + "\n")
+    summary = summarize_samples(records)
+    summary.update({"temperature": temperature, "top_p": top_p})
+    return summary

@@ -1,0 +1,120 @@
+"""The ``r1lab`` command: run a recipe, evaluate a checkpoint, render a run's report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # transformers missing is reported where it is needed
+        pass
+
+
+def cmd_run(args) -> int:
+    from r1lab.pipeline import run_recipe
+
+    run_recipe(args.recipe, args.overrides, quiet=args.quiet)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from r1lab.engine import make_engine
+    from r1lab.evaluate import evaluate_model
+    from r1lab.models import load_model, resolve_device
+    from r1lab.tasks import get_task
+    from r1lab.templates import PromptTemplate, TemplateConfig
+
+    options = {}
+    for item in args.task_option:
+        key, _, value = item.partition("=")
+        import yaml
+
+        options[key] = yaml.safe_load(value)
+    task = get_task(args.task, **options)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=resolve_device(args.device))
+    template = PromptTemplate(TemplateConfig(kind=args.template, prefill_think=args.prefill_think), tokenizer)
+    result = evaluate_model(make_engine("transformers", model, tokenizer), task, template,
+                            num_problems=args.num_problems, k=args.k, temperature=args.temperature,
+                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                            samples_path=Path(args.samples) if args.samples else None)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from r1lab.report import plot_extra_metrics, plot_training_curves, write_report
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        print(f"r1lab report: no run folder at {run_dir}", file=sys.stderr)
+        return 2
+    plot_training_curves(run_dir)
+    plot_extra_metrics(run_dir)
+    print(write_report(run_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="r1lab", description="DeepSeek-R1 style reasoning RL: recipes, "
+                                     "evaluation and reports.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a recipe: r1lab run RECIPE.yaml [key=value ...]")
+    run.add_argument("recipe")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.grpo.steps=10 name=test")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("eval", help="R1-protocol evaluation of a checkpoint: pass@1 over k samples, cons@k")
+    ev.add_argument("--model", required=True, help="checkpoint folder or hub id")
+    ev.add_argument("--task", default="arithmetic")
+    ev.add_argument("--task-option", action="append", default=[], help="task option key=value (repeatable)")
+    ev.add_argument("--k", type=int, default=4)
+    ev.add_argument("--num-problems", type=int, default=200)
+    ev.add_argument("--temperature", type=float, default=0.6)
+    ev.add_argument("--top-p", type=float, default=0.95)
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--seed", type=int, default=1234)
+    ev.add_argument("--template", default="r1_zero", choices=["r1_zero", "chat", "plain"])
+    ev.add_argument("--prefill-think", action="store_true")
+    ev.add_argument("--dtype", default="float32")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--samples", default="", help="write every sample with its score to this JSONL file")
+    ev.set_defaults(func=cmd_eval)
+
+    rep = sub.add_parser("report", help="render a run's plots and HTML report")
+    rep.add_argument("run", help="run folder, e.g. runs/tiny_r1_zero")
+    rep.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from r1lab.config import ConfigError
+
+    _quiet_libraries()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"r1lab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("r1lab: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Smoke runs of every tiny recipe through the real CLI, and the bad inputs a user meets."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RECIPES = sorted((ROOT / "recipes" / "tiny").glob("*.yaml"))
+
+
+def r1lab(*args, env_extra=None, cwd=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "r1lab", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd or ROOT, timeout=600)
+
+
+def shrink_overrides(recipe: Path, tmp_path: Path) -> list[str]:
+    """Overrides that keep a recipe's structure but make every stage take seconds."""
+    data = yaml.safe_load(recipe.read_text())
+    out = [f"output_dir={tmp_path}", "eval.num_problems=4", "eval.k=2", "eval.quick_problems=4", "eval.quick_k=1",
+           "eval.max_new_tokens=16"]
+    for name, stage in data["stages"].items():
+        if stage["kind"] == "pretrain":
+            out += [f"stages.{name}.steps=3", f"stages.{name}.corpus_problems=64", f"stages.{name}.batch_size=4",
+                    f"stages.{name}.cache_dir={tmp_path / 'cache'}", f"stages.{name}.hidden_size=32",
+                    f"stages.{name}.num_layers=1", f"stages.{name}.intermediate_size=64",
+                    f"stages.{name}.num_heads=2"]
+        else:
+            out += [f"stages.{name}.steps=2", f"stages.{name}.prompts_per_step=2", f"stages.{name}.group_size=2",
+                    f"stages.{name}.max_new_tokens=16", f"stages.{name}.eval_every=1",
+                    f"stages.{name}.save_every=1"]
+    return out
+
+
+@pytest.mark.parametrize("recipe", TINY_RECIPES, ids=lambda p: p.stem)
+def test_every_tiny_recipe_runs_through_the_cli(recipe, tmp_path):
+    result = r1lab("run", recipe, *shrink_overrides(recipe, tmp_path), "name=smoke")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "smoke"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stages = yaml.safe_load(recipe.read_text())["stages"]
+    assert [s["stage"] for s in summary["stages"]] == list(stages)
+    for entry in summary["stages"]:
+        assert entry["eval"] is not None and 0.0 <= entry["eval"]["pass@1"] <= 1.0
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rl = [m for m in metrics if "reward/mean" in m]
+    for key in ["reward/mean", "reward/std", "reward/accuracy", "reward/format", "clip_frac", "entropy",
+                "completion/length_mean", "groups/zero_spread_frac", "step_seconds"]:
+        assert all(key in m for m in rl), key
+    assert (run_dir / "samples.jsonl").read_text().strip()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "training_curves.png").is_file()
+    assert (run_dir / "report.html").is_file()
+    # the report command renders it again
+    assert r1lab("report", run_dir).returncode == 0
+    # a second run finds every stage done and changes nothing
+    again = r1lab("run", recipe, *shrink_overrides(recipe, tmp_path), "name=smoke")
+    assert again.returncode == 0 and "already done" in again.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from r1lab.models import build_tiny_model, build_tiny_tokenizer, save_model
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    tok = build_tiny_tokenizer()
+    save_model(build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, path)
+    return path
+
+
+def grpo_recipe(tmp_path, model, *, rewards=None, max_new_tokens=12, task=None):
+    recipe = {
+        "name": "bad", "output_dir": str(tmp_path / "runs"), "model": str(model),
+        "task": task or {"name": "arithmetic", "options": {"digits": 2}},
+        "eval": {"num_problems": 4, "k": 2, "max_new_tokens": max_new_tokens, "quick_problems": 4, "quick_k": 1},
+        "stages": {"grpo": {"kind": "grpo", "steps": 2, "prompts_per_step": 2, "group_size": 2,
+                            "max_new_tokens": max_new_tokens, "eval_every": 0,
+                            "rewards": rewards or {"accuracy": 1.0, "format": 0.1}}},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_unknown_key_is_a_clear_cli_error(tmp_path, tiny_checkpoint):
+    path = grpo_recipe(tmp_path, tiny_checkpoint)
+    result = r1lab("run", path, "stages.grpo.learning_rate=1")
+    assert result.returncode == 2
+    assert "unknown key 'stages.grpo.learning_rate'" in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_dataset_file(tmp_path, tiny_checkpoint):
+    path = grpo_recipe(tmp_path, tiny_checkpoint,
+                       task={"name": "jsonl", "options": {"train_path": str(tmp_path / "missing.jsonl")}})
+    result = r1lab("run", path)
+    assert result.returncode == 2 and "missing.jsonl" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dataset_row_without_answer(tmp_path, tiny_checkpoint):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "2+2"}\n')
+    path = grpo_recipe(tmp_path, tiny_checkpoint, task={"name": "jsonl", "options": {"train_path": str(data)}})
+    result = r1lab("run", path)
+    assert result.returncode == 2 and "data.jsonl:2" in result.stderr and "answer" in result.stderr
+
+
+def test_reward_that_raises_is_counted_and_the_run_goes_on(tmp_path, tiny_checkpoint):
+    user = tmp_path / "my_rewards.py"
+    user.write_text("def flaky(completion, example):\n    raise RuntimeError('boom')\n")
+    path = grpo_recipe(tmp_path, tiny_checkpoint, rewards={"accuracy": 1.0, f"{user}:flaky": 0.5})
+    result = r1lab("run", path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "boom" in result.stderr  # the first failure is reported once
+    metrics = [json.loads(l) for l in (tmp_path / "runs" / "bad" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "reward/flaky_errors" in m]
+    assert len(steps) == 2 and all(m["reward/flaky_errors"] == 4 for m in steps)
+
+
+def test_completion_length_that_cuts_everything_warns(tmp_path, tiny_checkpoint):
+    path = grpo_recipe(tmp_path, tiny_checkpoint, max_new_tokens=2)
+    result = r1lab("run", path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "hit max_new_tokens=2" in result.stderr
+    summary = json.loads((tmp_path / "runs" / "bad" / "summary.json").read_text())
+    assert any("max_new_tokens" in w for w in summary["stages"][0]["warnings"])
+
+
+def test_eval_command_on_a_checkpoint(tmp_path, tiny_checkpoint):
+    samples = tmp_path / "samples.jsonl"
+    result = r1lab("eval", "--model", tiny_checkpoint, "--task", "arithmetic", "--task-option", "digits=2",
+                   "--k", "2", "--num-problems", "3", "--max-new-tokens", "8", "--samples", samples)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    assert out["k"] == 2 and out["num_problems"] == 3 and 0 <= out["pass@1"] <= 1
+    assert len(samples.read_text().splitlines()) == 6
