@@ -139,3 +139,12 @@ def save_model(model, tokenizer, path: str | Path, *, extra: dict | None = None)
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak memory so far: GPU memory allocated by torch on CUDA, the process's peak resident size on CPU."""
+    if device.type == "cuda":
+        return {"gpu/peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    import resource
+
+    return {"cpu/peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -23,12 +23,20 @@ from r1lab.checkpoint import atomic_dir, atomic_write_json, seed_everything
 from r1lab.config import ConfigError, apply_overrides, doc, from_dict, read_yaml, to_dict
 from r1lab.models import load_model, resolve_device, save_model
 from r1lab.templates import PromptTemplate, TemplateConfig
+from r1lab.train import grpo, ppo, pretrain
 from r1lab.train.grpo import GRPOConfig
+from r1lab.train.ppo import PPOConfig
 from r1lab.train.pretrain import PretrainConfig
 
 log = logging.getLogger("r1lab")
 
-STAGE_KINDS: dict[str, type] = {"pretrain": PretrainConfig, "grpo": GRPOConfig}
+# kind -> (config class, runner(cfg, ctx) -> checkpoint path). A new trainer adds one line here.
+STAGES: dict[str, tuple[type, Callable]] = {
+    "pretrain": (PretrainConfig, pretrain.run_stage),
+    "grpo": (GRPOConfig, grpo.train),
+    "ppo": (PPOConfig, ppo.train),
+}
+STAGE_KINDS: dict[str, type] = {kind: cls for kind, (cls, _) in STAGES.items()}
 
 
 @dataclass
@@ -62,7 +70,7 @@ class RunConfig:
     task: TaskConfig = doc(TaskConfig(), "The task: prompts, answers and the verifier.")
     template: TemplateConfig = doc(TemplateConfig(), "How prompts are shown to the model.")
     eval: EvalConfig = doc(EvalConfig(), "Held-out evaluation after every stage (R1 protocol).")
-    stages: dict[str, dict] = doc({}, "Ordered stages: name -> {kind: pretrain|grpo, ...settings of that kind}.")
+    stages: dict[str, dict] = doc({}, "Ordered stages: name -> {kind: pretrain|grpo|ppo, ...settings of that kind}.")
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RunConfig, dict[str, Any]]:
@@ -93,9 +101,9 @@ class Console:
         self.quiet = quiet
         self._last = 0.0
 
-    def print(self, message: str) -> None:
-        if not self.quiet:
-            self.console.print(message)
+    def print(self, message: str, style: str | None = None) -> None:
+        if not self.quiet:  # markup off: "[stage]" prefixes are text, not rich tags
+            self.console.print(message, style=style, markup=False)
 
     def progress(self, stage: str, done: int, total: int, text: str) -> None:
         now = time.time()
@@ -140,7 +148,7 @@ class StageContext:
 
     def warn(self, message: str) -> None:
         log.warning(message)
-        self.console.print(f"[yellow][{self.name}] warning: {message}[/yellow]")
+        self.console.print(f"[{self.name}] warning: {message}", style="yellow")
         self.warnings.append(message)
 
     def log_metrics(self, step: int, metrics: dict) -> None:
@@ -205,7 +213,6 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     """Run (or resume) every stage of a recipe; returns the run folder."""
     from r1lab.report import plot_training_curves, write_report
     from r1lab.tasks import get_task
-    from r1lab.train import grpo, pretrain
 
     run, stages = load_recipe(path, overrides)
     console = Console(quiet)
@@ -218,8 +225,8 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     resolved = yaml.safe_dump(to_dict(run), sort_keys=False)
     previous = run_dir / "config.yaml"
     if previous.is_file() and previous.read_text() != resolved:
-        console.print(f"[yellow]note: {previous} differs from this recipe; the stages already done are kept "
-                      f"(delete {run_dir} to start over)[/yellow]")
+        console.print(f"note: {previous} differs from this recipe; the stages already done are kept "
+                      f"(delete {run_dir} to start over)", style="yellow")
     previous.write_text(resolved)
     try:
         task = get_task(run.task.name, **run.task.options)
@@ -242,19 +249,12 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
         if init == "tiny" and cfg.kind != "pretrain":
             raise ConfigError(f"{path}: stage '{name}' starts from model 'tiny', which a pretrain stage must build "
                               f"first (add a stage with kind: pretrain, or set model: to a checkpoint)")
-        console.print(f"[bold][{name}] {cfg.kind}[/bold]")
+        console.print(f"[{name}] {cfg.kind}", style="bold")
         started = time.time()
         seed_everything(run.seed)
         ctx = StageContext(run=run, name=name, run_dir=run_dir, stage_dir=stage_dir, init_checkpoint=init,
                            task=task, template=None, device=device, console=console)
-        if cfg.kind == "pretrain":
-            template = PromptTemplate(run.template)
-            out = pretrain.pretrain(cfg, task=task, task_spec=to_dict(run.task), template=template,
-                                    template_spec=to_dict(run.template), seed=run.seed, out_dir=run_dir,
-                                    progress=ctx.progress)
-            checkpoint = str(out)
-        elif cfg.kind == "grpo":
-            checkpoint = grpo.train(cfg, ctx)
+        checkpoint = str(STAGES[cfg.kind][1](cfg, ctx))
         evaluation = None
         if cfg.eval:
             console.print(f"[{name}] evaluating {checkpoint} on {run.eval.num_problems} held-out problems, "
@@ -274,7 +274,7 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     atomic_write_json(run_dir / "summary.json", summary)
     plot_training_curves(run_dir)
     report = write_report(run_dir)
-    console.print(f"[bold green]done[/bold green]: {run_dir}/summary.json, {report}, {run_dir}/training_curves.png")
+    console.print(f"done: {run_dir}/summary.json, {report}, {run_dir}/training_curves.png", style="bold green")
     return run_dir
 
 

@@ -32,6 +32,7 @@ from r1lab.checkpoint import load_training_state, save_training_state, set_rng_s
 from r1lab.config import doc
 from r1lab.engine import SamplingParams, make_engine
 from r1lab.logprobs import completion_logprobs
+from r1lab.models import load_model, peak_memory
 from r1lab.losses import grpo_loss
 from r1lab.rollout import collect_rollout, concat_rollouts, rollout_metrics, sample_lines, select_groups
 
@@ -101,7 +102,10 @@ def train(cfg: GRPOConfig, ctx) -> str:
     engine = make_engine(ctx.run.engine, model, tokenizer)
     ref_model = None
     if cfg.kl_coef > 0:  # β = 0 loads no reference model
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        # The reference is the stage's starting model, also after a resume (the policy has moved on by then).
+        ref_model = load_model(ctx.init_checkpoint, dtype=ctx.run.dtype, device=ctx.device)[0] if resume else \
+            copy.deepcopy(model)
+        ref_model.eval().requires_grad_(False)
         if resume and resume["extra"].get("ref_state") is not None:
             ref_model.load_state_dict(resume["extra"]["ref_state"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
@@ -141,6 +145,7 @@ def train(cfg: GRPOConfig, ctx) -> str:
                 break
         rollout = concat_rollouts([p for p in parts if p.generations], pad_id) if kept_groups else parts[0]
         metrics = rollout_metrics(rollout)
+        metrics["rollout_seconds"] = time.time() - t0
         if cfg.dynamic_sampling:
             metrics["dynamic_sampling/rounds"] = rounds
         if metrics["completion/truncated_frac"] > cfg.truncation_warning:
@@ -192,7 +197,7 @@ def train(cfg: GRPOConfig, ctx) -> str:
         # 5. log
         metrics.update({k: v / updates for k, v in stats_sum.items()})
         metrics.update({"entropy": entropy_sum / updates, "lr": scheduler.get_last_lr()[0],
-                        "step_seconds": time.time() - t0})
+                        "step_seconds": time.time() - t0, **peak_memory(device)})
         ctx.log_metrics(step + 1, metrics)
         if cfg.samples_every and (step % cfg.samples_every == 0 or step + 1 == cfg.steps):
             ctx.log_samples(sample_lines(rollout, ctx.name, step + 1, cfg.log_samples))

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from r1lab.config import doc, to_dict
-from r1lab.models import build_tiny_model, build_tiny_tokenizer, count_parameters, load_model, save_model
+from r1lab.models import build_tiny_model, build_tiny_tokenizer, count_parameters, save_model
 
 log = logging.getLogger("r1lab")
 
@@ -140,5 +140,10 @@ def pretrain(cfg: PretrainConfig, *, task, task_spec: dict, template, template_s
     return cached
 
 
-def load_pretrained(path: Path, device):
-    return load_model(str(path), device=device)
+def run_stage(cfg: PretrainConfig, ctx) -> str:
+    """Pipeline entry point: build (or reuse) the tiny base for the run's task and template."""
+    from r1lab.templates import PromptTemplate
+
+    return str(pretrain(cfg, task=ctx.task, task_spec=to_dict(ctx.run.task), template=PromptTemplate(ctx.run.template),
+                        template_spec=to_dict(ctx.run.template), seed=ctx.run.seed, out_dir=ctx.run_dir,
+                        progress=ctx.progress))
