@@ -58,11 +58,14 @@ def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.
     return logprobs, logp_all
 
 
-def completion_logprobs(model, batch: Batch, *, chunk_size: int = 256, temperature: float = 1.0,
-                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def completion_logprobs(model, batch: Batch, *, chunk_size: int | None = None, temperature: float = 1.0,
+                        with_entropy: bool = False,
+                        max_chunk_elements: int = 2**26) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token logprobs of the completion tokens, (B, C); entropy (B, C) too when ``with_entropy`` (no grad).
 
-    Position ids come from the attention mask so that left padding does not shift positions.
+    ``chunk_size``: time steps per LM-head chunk; by default as many as keep one chunk's logits under
+    ``max_chunk_elements`` (2^26 fp32 values = 256 MiB). Position ids come from the attention mask so that left
+    padding does not shift positions.
     """
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
@@ -73,6 +76,8 @@ def completion_logprobs(model, batch: Batch, *, chunk_size: int = 256, temperatu
     hidden = hidden[:, width_p - 1:-1]
     targets = batch.input_ids[:, width_p:]
     head = model.get_output_embeddings()
+    if chunk_size is None:
+        chunk_size = max(1, max_chunk_elements // (targets.shape[0] * head.weight.shape[0]))
     grad = torch.is_grad_enabled()
     logprob_chunks, entropy_chunks = [], []
     for start in range(0, targets.shape[1], chunk_size):
