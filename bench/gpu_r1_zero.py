@@ -54,6 +54,8 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--out", default="runs/gpu_bench")
     parser.add_argument("--kl-coef", type=float, default=0.001)
+    parser.add_argument("--micro-batch", type=int, default=16, help="sequences per forward/backward")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,11 +63,12 @@ def main() -> int:
     recipe = out / "recipe.yaml"
     recipe.write_text(json.dumps({
         "name": f"{args.shape}_grpo", "output_dir": str(out), "model": str(model_path), "dtype": "bfloat16",
+        "gradient_checkpointing": args.gradient_checkpointing,
         "task": {"name": "arithmetic", "options": {"digits": 3}},
         "eval": {"num_problems": 16, "k": 2, "max_new_tokens": 32},
         "stages": {"grpo": {"kind": "grpo", "steps": args.steps, "prompts_per_step": args.prompts,
                             "group_size": args.group, "max_new_tokens": args.max_new_tokens, "lr": 3e-6,
-                            "kl_coef": args.kl_coef, "eval_every": 0, "save_every": 0, "eval": False}},
+                            "kl_coef": args.kl_coef, "micro_batch_size": args.micro_batch, "eval_every": 0, "save_every": 0, "eval": False}},
     }))
     start = time.time()
     result = subprocess.run([sys.executable, "-m", "r1lab", "run", str(recipe), "--quiet"], capture_output=True,
@@ -78,7 +81,7 @@ def main() -> int:
     later = steps[1:] or steps  # the first step pays for CUDA warm-up
     report = {
         "shape": args.shape, "prompts": args.prompts, "group": args.group, "max_new_tokens": args.max_new_tokens,
-        "steps": len(steps), "seconds_per_step": round(sum(m["step_seconds"] for m in later) / len(later), 2),
+        "micro_batch": args.micro_batch, "gradient_checkpointing": args.gradient_checkpointing, "steps": len(steps), "seconds_per_step": round(sum(m["step_seconds"] for m in later) / len(later), 2),
         "rollout_seconds_per_step": round(sum(m.get("rollout_seconds", 0) for m in later) / len(later), 2),
         "peak_gpu_memory_gib": max((m.get("gpu/peak_memory_gib", 0) for m in steps), default=None),
         "completion_tokens_per_step": args.prompts * args.group * args.max_new_tokens,

@@ -67,6 +67,7 @@ class RunConfig:
     device: str = doc("auto", "auto (cuda when present), cpu, cuda, cuda:1 ...")
     threads: int = doc(0, "CPU threads for torch (0: torch's default).")
     engine: str = doc("transformers", "Generation engine.")
+    gradient_checkpointing: bool = doc(False, "Recompute activations in backward (less memory, ~15% slower).")
     task: TaskConfig = doc(TaskConfig(), "The task: prompts, answers and the verifier.")
     template: TemplateConfig = doc(TemplateConfig(), "How prompts are shown to the model.")
     eval: EvalConfig = doc(EvalConfig(), "Held-out evaluation after every stage (R1 protocol).")
@@ -139,6 +140,8 @@ class StageContext:
         """The model to train: the stage's last resumable checkpoint if any, else its init checkpoint."""
         source = self.checkpoint_dir if (self.checkpoint_dir / "config.json").is_file() else self.init_checkpoint
         model, tokenizer = load_model(str(source), dtype=self.run.dtype, device=self.device)
+        if self.run.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.template is None or self.template.tokenizer is None:
             self.template = PromptTemplate(self.run.template, tokenizer)
         return model, tokenizer

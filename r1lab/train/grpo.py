@@ -55,6 +55,7 @@ class GRPOConfig:
     max_grad_norm: float = doc(1.0, "Gradient clipping by global norm (0: off).")
     updates_per_rollout: int = doc(1, "μ: passes over each rollout; with μ > 1 the ratio and clipping matter.")
     minibatches: int = doc(1, "Optimizer steps per pass over a rollout.")
+    micro_batch_size: int = doc(0, "Sequences per forward/backward; gradients accumulate over a minibatch (0: all).")
     clip_eps: float = doc(0.2, "ε (ε_low): the ratio is clipped to [1 − ε_low, 1 + ε_high].")
     clip_eps_high: float | None = doc(None, "ε_high (DAPO clip-higher: 0.28); empty: equal to clip_eps.")
     kl_coef: float = doc(0.0, "β: weight of the KL penalty to the reference policy (0: no reference model loaded).")
@@ -162,32 +163,42 @@ def train(cfg: GRPOConfig, ctx) -> str:
             old_logprobs = completion_logprobs(model, batch)[0] if multi_pass else None
             ref_logprobs = completion_logprobs(ref_model, batch)[0] if ref_model is not None else None
 
-        # 4. μ passes over the rollout, each in minibatches
+        # 4. μ passes over the rollout, each in minibatches; a minibatch may be split into micro-batches whose
+        #    gradients add up to the minibatch's (weights follow the aggregation's denominator)
         stats_sum, entropy_sum, updates = {}, 0.0, 0
         minibatch_size = max(1, size // cfg.minibatches)
         for _ in range(cfg.updates_per_rollout):
             order = torch.randperm(size) if multi_pass else torch.arange(size)
             for start in range(0, size, minibatch_size):
                 idx = order[start:start + minibatch_size].to(device)
-                mb = batch.select(idx)
-                logprobs, entropy = completion_logprobs(model, mb, with_entropy=True)
-                old = old_logprobs[idx] if old_logprobs is not None else logprobs.detach()
-                ref = ref_logprobs[idx] if ref_logprobs is not None else None
-                loss, stats = grpo_loss(logprobs, old, ref, advantages[idx], mb.completion_mask,
-                                        clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,
-                                        kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
-                                        agg=cfg.loss_aggregation, max_len=cfg.max_new_tokens)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"GRPO loss is {loss.item()} at step {step}: lower lr or check rewards")
+                minibatch_tokens = batch.completion_mask[idx].sum().clamp(min=1)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                step_stats, entropy_mean = {}, 0.0
+                for micro in idx.split(cfg.micro_batch_size or len(idx)):
+                    mb = batch.select(micro)
+                    mask = mb.completion_mask
+                    weight = (mask.sum() / minibatch_tokens if cfg.loss_aggregation == "token"
+                              else torch.tensor(len(micro) / len(idx))).item()
+                    logprobs, entropy = completion_logprobs(model, mb, with_entropy=True)
+                    old = old_logprobs[micro] if old_logprobs is not None else logprobs.detach()
+                    ref = ref_logprobs[micro] if ref_logprobs is not None else None
+                    loss, stats = grpo_loss(logprobs, old, ref, advantages[micro], mask,
+                                            clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,
+                                            kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
+                                            agg=cfg.loss_aggregation, max_len=cfg.max_new_tokens)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"GRPO loss is {loss.item()} at step {step}: lower lr or check "
+                                                 f"the rewards")
+                    (loss * weight).backward()
+                    entropy_mean += weight * ((entropy * mask).sum() / mask.sum().clamp(min=1)).item()
+                    for key, value in {**stats, "loss": loss.item()}.items():
+                        step_stats[key] = step_stats.get(key, 0.0) + weight * value
                 grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                              if cfg.max_grad_norm > 0 else torch.tensor(0.0))
                 optimizer.step()
                 engine.sync_weights()
-                mask = mb.completion_mask
-                entropy_sum += ((entropy * mask).sum() / mask.sum().clamp(min=1)).item()
-                for key, value in {**stats, "loss": loss.item(), "grad_norm": grad_norm.item()}.items():
+                entropy_sum += entropy_mean
+                for key, value in {**step_stats, "grad_norm": grad_norm.item()}.items():
                     stats_sum[key] = stats_sum.get(key, 0.0) + value
                 updates += 1
         scheduler.step()
