@@ -3,6 +3,7 @@
     score = score_completions(completions, examples, {"accuracy": 1.0, "format": 0.2, "my_rewards.py:brevity": 0.1})
 """
 
+from r1lab.rewards.code import code_reward
 from r1lab.rewards.registry import REWARDS, get_reward, register_reward
 from r1lab.rewards.rule import accuracy_reward, extract_answer, format_reward, soft_format_reward
 from r1lab.rewards.scoring import ScoreResult, score_completions
@@ -11,6 +12,7 @@ __all__ = [
     "REWARDS",
     "ScoreResult",
     "accuracy_reward",
+    "code_reward",
     "extract_answer",
     "format_reward",
     "get_reward",

@@ -3,6 +3,9 @@
     task = get_task("arithmetic", digits=3, ops="+")
     train = task.examples("train", 1000, seed=0)     # disjoint from task.examples("test", ...)
     verify("936", train[0])                            # dispatches on train[0]["verifier"]
+
+Real data: get_task("dataset", path=..., verifier="math") (files and hub datasets, r1lab.tasks.datasets) and
+get_task("reasoning_gym", name="basic_arithmetic").
 """
 
 from __future__ import annotations
@@ -11,13 +14,27 @@ import dataclasses
 
 from r1lab.tasks.arithmetic import ArithmeticTask
 from r1lab.tasks.countdown import CountdownTask
+from r1lab.tasks.datasets import DatasetTask, ReasoningGymTask, reasoning_gym_verifier
 from r1lab.tasks.jsonl import JsonlTask
 from r1lab.tasks.verifiers import VERIFIERS, verify
+from r1lab.tasks.verifiers_math import math_verifier, multiple_choice_verifier
 
-TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "jsonl": JsonlTask}
+
+def code_verifier(answer_text: str, example: dict) -> bool:
+    """The "code" verifier of r1lab.rewards.code, imported on first use (only code tasks need the sandbox)."""
+    from r1lab.rewards.code import code_verifier as run_code_tests
+
+    return run_code_tests(answer_text, example)
 
 
-def get_task(name: str, **options):
+VERIFIERS.update({"math": math_verifier, "multiple_choice": multiple_choice_verifier, "code": code_verifier,
+                  "reasoning_gym": reasoning_gym_verifier})
+
+TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "jsonl": JsonlTask, "dataset": DatasetTask,
+         "reasoning_gym": ReasoningGymTask}
+
+
+def get_task(name: str, /, **options):
     """Build a task by name; options are the task's dataclass fields."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
@@ -29,4 +46,5 @@ def get_task(name: str, **options):
     return task_class(**options)
 
 
-__all__ = ["TASKS", "VERIFIERS", "ArithmeticTask", "CountdownTask", "JsonlTask", "get_task", "verify"]
+__all__ = ["TASKS", "VERIFIERS", "ArithmeticTask", "CountdownTask", "DatasetTask", "JsonlTask", "ReasoningGymTask",
+           "get_task", "verify"]

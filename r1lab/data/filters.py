@@ -1,0 +1,74 @@
+"""Pass-rate filtering (open-r1; REFERENCE.md §4): keep the prompts that the current model solves sometimes.
+
+A prompt that the model always solves, or never, gives a GRPO group whose rewards are all equal: zero advantage, no
+gradient, wasted rollout time. Sampling k completions per prompt first and keeping those whose pass rate lies
+strictly between ``low`` and ``high`` (0.1 and 0.9 by default) spends the RL budget where there is signal.
+
+    kept, stats = filter_by_pass_rate(engine, task, template, k=8, max_prompts=2000)
+    write_jsonl(kept, "data/filtered.jsonl")   # then train on it: task {name: dataset, options: {path: ...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from statistics import fmean
+
+from r1lab.engine import SamplingParams
+from r1lab.rewards import extract_answer
+from r1lab.tasks import verify
+
+
+def pass_rates(engine, template, examples: list[dict], k: int, params: SamplingParams,
+               batch_prompts: int = 64) -> list[float]:
+    """Share of k sampled completions per example whose answer passes the example's verifier."""
+    rates = []
+    for start in range(0, len(examples), batch_prompts):
+        chunk = examples[start:start + batch_prompts]
+        batch_params = dataclasses.replace(params, seed=params.seed + start)  # a sampling stream per batch
+        groups = engine.generate([template.render(example["prompt"]) for example in chunk], k, batch_params)
+        for example, group in zip(chunk, groups):
+            rates.append(fmean(verify(extract_answer(template.prefill + g.text), example) for g in group))
+    return rates
+
+
+def filter_by_pass_rate(engine, task, template, examples: list[dict] | None = None, k: int = 8,
+                        low: float = 0.1, high: float = 0.9, *, max_prompts: int = 0, split: str = "train",
+                        temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
+                        seed: int = 0) -> tuple[list[dict], dict]:
+    """The examples whose pass rate over ``k`` samples is strictly between ``low`` and ``high``, and statistics.
+
+    ``examples``: the prompts to filter (default: ``max_prompts`` (or 256) drawn from ``task``'s ``split``).
+    Each kept example gets its ``"pass_rate"``. Sample at the temperature that training will use.
+    """
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"need 0 <= low < high <= 1, got low={low}, high={high}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if examples is None:
+        examples = task.examples(split, max_prompts or 256, seed=seed)
+    elif max_prompts:
+        examples = examples[:max_prompts]
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    rates = pass_rates(engine, template, examples, k, params)
+    kept = [{**example, "pass_rate": rate} for example, rate in zip(examples, rates) if low < rate < high]
+    stats = {
+        "prompts": len(examples),
+        "kept": len(kept),
+        "too_easy": sum(rate >= high for rate in rates),  # solved (nearly) always: no signal
+        "too_hard": sum(rate <= low for rate in rates),  # solved (nearly) never: no signal
+        "pass_rate_mean": fmean(rates) if rates else 0.0,
+        "k": k, "low": low, "high": high,
+    }
+    return kept, stats
+
+
+def write_jsonl(examples: list[dict], path: str | Path) -> Path:
+    """Write examples as JSON Lines (a file that the ``dataset`` and ``jsonl`` tasks read back)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as file:
+        for example in examples:
+            file.write(json.dumps(example, default=str) + "\n")
+    return path

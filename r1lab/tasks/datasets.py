@@ -1,0 +1,249 @@
+"""Tasks from real data: local files or Hugging Face hub datasets with a column mapping, and reasoning-gym.
+
+    get_task("dataset", path="data/math_sample.jsonl", verifier="math")
+    get_task("dataset", path="openai/gsm8k", config="main", split="train", test_split="test",
+             prompt_field="question", answer_field="answer", answer_regex="####\\s*(.+)", verifier="math")
+    get_task("reasoning_gym", name="basic_arithmetic", options={"max_terms": 3})
+
+Files: .jsonl / .json are read with the standard library (nested fields such as code tests stay as they are);
+.csv and .parquet through the `datasets` loaders; anything else that is not a file is a hub id (needs the network
+once, then the `datasets` cache). Every problem names the file or dataset, the row and the column.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from r1lab.tasks.splits import check_split, check_test_fraction, split_of, split_rng
+from r1lab.tasks.verifiers import VERIFIERS, verify
+
+_FILE_LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _datasets():
+    try:
+        import datasets
+    except ImportError as error:
+        raise ImportError("reading CSV, parquet or hub datasets needs the `datasets` library: "
+                          "pip install 'r1lab[hf]'") from error
+    return datasets
+
+
+def read_table(path: str, *, split: str = "train", config: str | None = None,
+               max_rows: int = 0) -> tuple[list[dict], str]:
+    """Rows of a file or hub dataset split as dicts, and a name for messages ("file.csv" or "hub:id[split]")."""
+    suffix = os.path.splitext(path)[1].lower()
+    if os.path.isfile(path) or suffix in _FILE_LOADERS:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"dataset file not found: {path!r} (resolved to {os.path.abspath(path)})")
+        if suffix not in _FILE_LOADERS:
+            raise ValueError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(_FILE_LOADERS)}")
+        if suffix in (".jsonl", ".json"):
+            rows = _read_json_rows(path, max_rows)
+        else:
+            table = _datasets().load_dataset(_FILE_LOADERS[suffix], data_files=path, split="train")
+            rows = [dict(row) for row in (table.select(range(min(max_rows, len(table)))) if max_rows else table)]
+        return rows, path
+    where = f"hub:{path}" + (f"/{config}" if config else "") + f"[{split}]"
+    datasets = _datasets()
+    try:
+        table = datasets.load_dataset(path, config, split=split)
+    except Exception as error:  # offline, unknown id, unknown split: say which and why
+        offline = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set: only cached datasets load)" if (
+            os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1") else ""
+        raise ValueError(f"{where}: cannot load the dataset: {type(error).__name__}: {error}{offline}") from None
+    if max_rows:
+        table = table.select(range(min(max_rows, len(table))))
+    return [dict(row) for row in table], where
+
+
+def _read_json_rows(path: str, max_rows: int) -> list[dict]:
+    with open(path, encoding="utf-8") as file:
+        text = file.read()
+    if path.lower().endswith(".json") and text.lstrip().startswith("["):  # one JSON array of rows
+        rows = json.loads(text)
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") \
+                        from None
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: row {number} is a {type(row).__name__}, not an object")
+    return rows[:max_rows] if max_rows else rows
+
+
+@dataclass
+class DatasetTask:
+    """Prompts and reference answers from a JSONL / CSV / parquet file or a hub dataset, checked by a verifier."""
+
+    path: str  # file (.jsonl, .json, .csv, .parquet) or hub dataset id ("openai/gsm8k")
+    split: str = "train"  # hub split for training rows (files have one split)
+    config: str | None = None  # hub subset / configuration ("main" for gsm8k)
+    test_path: str | None = None  # file or hub id of held-out rows (default: `path` when test_split is given)
+    test_split: str | None = None  # hub split of held-out rows; with neither test option, `path` is split by hash
+    prompt_field: str = "prompt"  # column holding the prompt
+    answer_field: str = "answer"  # column holding the reference answer (optional for the code verifier)
+    fields: dict[str, str] = field(default_factory=dict)  # more columns under other names: {example key: column}
+    answer_regex: str | None = None  # reference = group 1 of this search in the answer (gsm8k: "####\\s*(.+)")
+    verifier: str = "exact"  # verifier for rows without a "verifier" column: math, multiple_choice, code, ...
+    test_fraction: float = 0.1  # share of prompts held out when there is no separate test data
+    max_rows: int = 0  # read at most this many rows per split (0: all)
+    check_references: bool = True  # every reference must pass its own verifier (catches a wrong column mapping)
+
+    name: ClassVar[str] = "dataset"
+    styles: ClassVar[tuple[str, ...]] = ()
+    _rows: dict[str, list[dict]] = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.verifier not in VERIFIERS:
+            raise ValueError(f"unknown verifier {self.verifier!r}; known verifiers: {', '.join(sorted(VERIFIERS))}")
+        check_test_fraction(self.test_fraction)
+        train = self._load(self.path, self.split)
+        if self.test_path is None and self.test_split is None:
+            self._rows = {"train": [], "test": []}
+            for row in train:
+                self._rows[split_of(row["prompt"], self.test_fraction)].append(row)
+        else:
+            test = self._load(self.test_path or self.path, self.test_split or self.split)
+            self._rows = {"train": train, "test": test}
+
+    def _load(self, path: str, split: str) -> list[dict]:
+        rows, where = read_table(path, split=split, config=self.config, max_rows=self.max_rows)
+        if not rows:
+            raise ValueError(f"{where}: no rows")
+        columns = sorted(rows[0])
+        needed = {"prompt": self.prompt_field, **self.fields}
+        if self.verifier != "code":
+            needed["answer"] = self.answer_field
+        for key, column in needed.items():
+            if column not in rows[0]:
+                raise ValueError(f"{where}: no column {column!r} (for {key!r}); columns: {', '.join(columns)}")
+        pattern = re.compile(self.answer_regex) if self.answer_regex else None
+        return [self._example(row, number, where, pattern) for number, row in enumerate(rows, start=1)]
+
+    def _example(self, row: dict, number: int, where: str, pattern) -> dict:
+        at = f"{where}: row {number}"
+        prompt = row.get(self.prompt_field)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{at}: column {self.prompt_field!r} must be a non-empty string, got {prompt!r}")
+        answer = row.get(self.answer_field, "" if self.verifier == "code" else None)
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)
+        if not isinstance(answer, str):
+            raise ValueError(f"{at}: column {self.answer_field!r} must be a string or a number, got {answer!r}")
+        if pattern is not None:
+            match = pattern.search(answer)
+            if match is None:
+                raise ValueError(f"{at}: answer_regex {pattern.pattern!r} finds nothing in {answer[-80:]!r}")
+            answer = (match.group(1) if match.groups() else match.group(0)).strip()
+        example = {**row, **{key: row[column] for key, column in self.fields.items()},
+                   "prompt": prompt, "answer": answer, "verifier": row.get("verifier") or self.verifier}
+        if example["verifier"] not in VERIFIERS:
+            raise ValueError(f"{at}: unknown verifier {example['verifier']!r}; known: {', '.join(sorted(VERIFIERS))}")
+        if self.check_references and answer:
+            try:
+                accepted = verify(answer, example)
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"{at}: the {example['verifier']!r} verifier cannot check this row: {error}") \
+                    from None
+            if not accepted:
+                raise ValueError(f"{at}: the reference answer {answer[:80]!r} does not pass its own "
+                                 f"{example['verifier']!r} verifier (check answer_field / answer_regex)")
+        return example
+
+    def examples(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        """`n` rows sampled without replacement; every row in order when n <= 0 or n >= the row count."""
+        check_split(split)
+        rows = self._rows[split]
+        if not rows:
+            raise ValueError(f"the {split} split of {self.path!r} is empty; give test_path / test_split or change "
+                             f"test_fraction")
+        chosen = rows if n <= 0 or n >= len(rows) else split_rng(self.name, split, seed).sample(rows, n)
+        return [dict(row) for row in chosen]
+
+    def corpus_document(self, example: dict, rng, style: str) -> str:
+        raise NotImplementedError("the dataset task has no pretraining corpus: it only holds prompts and answers")
+
+
+# --- reasoning-gym ---
+
+
+def _reasoning_gym():
+    try:
+        import reasoning_gym
+    except ImportError as error:
+        raise ImportError("the reasoning_gym task needs reasoning-gym: pip install 'r1lab[gym]'") from error
+    return reasoning_gym
+
+
+_SCORERS: dict[str, object] = {}
+
+
+def _scorer(name: str, options: dict):
+    """One dataset object per (name, options) that scores answers (its config can change the scoring)."""
+    key = json.dumps([name, options], sort_keys=True, default=str)
+    if key not in _SCORERS:
+        _SCORERS[key] = _reasoning_gym().create_dataset(name, size=1, seed=0, **options)
+    return _SCORERS[key]
+
+
+def reasoning_gym_verifier(answer_text: str, example: dict) -> bool:
+    """reasoning-gym's own scorer gives full marks (it returns a score in [0, 1]; partial credit counts as wrong)."""
+    dataset = _scorer(example["rg_dataset"], example.get("rg_options") or {})
+    return float(dataset.score_answer(answer=answer_text, entry=example["rg_entry"])) >= 1.0
+
+
+@dataclass
+class ReasoningGymTask:
+    """Procedurally generated problems of one reasoning-gym dataset, scored by its own verifier."""
+
+    name: str  # reasoning-gym dataset name: "basic_arithmetic", "leg_counting", "countdown", ...
+    options: dict = field(default_factory=dict)  # the dataset's config, e.g. {"max_terms": 3}
+    test_size: int = 200  # held-out problems, generated with their own seed; train drops any with the same question
+    seed: int = 0  # generation seed of the held-out set (training sets derive theirs from the call's seed)
+
+    styles: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        if self.test_size < 1:
+            raise ValueError(f"test_size must be at least 1, got {self.test_size}")
+        try:
+            _scorer(self.name, self.options)
+        except ImportError:
+            raise
+        except Exception as error:  # unknown name or option: reasoning-gym's own message
+            raise ValueError(f"reasoning-gym dataset {self.name!r} with options {self.options}: {error}") from None
+        self._test = self._generate(self.test_size, seed=1_000_003 + self.seed)
+        self._test_questions = {example["prompt"] for example in self._test}
+
+    def _generate(self, size: int, seed: int) -> list[dict]:
+        dataset = _reasoning_gym().create_dataset(self.name, size=size, seed=seed, **self.options)
+        return [{"prompt": entry["question"], "answer": str(entry["answer"]), "verifier": "reasoning_gym",
+                 "task": "reasoning_gym", "rg_dataset": self.name, "rg_options": dict(self.options),
+                 "rg_entry": entry} for entry in (dataset[i] for i in range(size))]
+
+    def examples(self, split: str, n: int, seed: int = 0) -> list[dict]:
+        check_split(split)
+        if split == "test":
+            rows = self._test
+            return [dict(r) for r in (rows if n <= 0 or n >= len(rows) else
+                                      split_rng("reasoning_gym", split, seed).sample(rows, n))]
+        if n <= 0:
+            return []
+        train = [e for e in self._generate(n + self.test_size, seed=seed) if e["prompt"] not in self._test_questions]
+        if not train:
+            raise ValueError(f"reasoning-gym {self.name!r}: every generated problem is also a test problem; "
+                             "widen the dataset's options or lower test_size")
+        return [dict(train[i % len(train)]) for i in range(n)]
+
+    def corpus_document(self, example: dict, rng, style: str) -> str:
+        raise NotImplementedError("the reasoning_gym task has no pretraining corpus")
