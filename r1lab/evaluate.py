@@ -171,4 +171,11 @@ def evaluate_model(engine, task, template, *, num_problems: int, k: int, tempera
         atomic_write_text(samples_path, "\n".join(lines) + "\n")
     summary = summarize_samples(records)
     summary.update({"temperature": temperature, "top_p": top_p})
+    # unbiased pass@k (1 − C(n−c, k) / C(n, k)) for k = 2, 4, 8, ... up to the number of samples, and that number
+    by_problem: dict[int, list[bool]] = {}
+    for record in records:
+        by_problem.setdefault(record["problem"], []).append(bool(record["correct"]))
+    n = summary["k"]
+    for size in sorted({2**i for i in range(1, n.bit_length()) if 2**i <= n} | ({n} if n > 1 else set())):
+        summary[f"pass@{size}"] = round(mean_pass_at_k(list(by_problem.values()), size), 4)
     return summary

@@ -109,13 +109,12 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     quantized = {name for name, module in base.named_modules()
                  if hasattr(getattr(module, "weight", None), "quant_state")}
     for key, tensor in base.state_dict().items():
-        owner, _, leaf = key.rpartition(".")
         if ".lora_" in key or any(key.startswith(q + ".weight.") for q in quantized):
             continue  # adapter weights, and bitsandbytes' quantization state (absmax, quant_map, ...)
         state[key.replace(".base_layer.", ".")] = tensor.detach().cpu()
-    for name in quantized:  # QLoRA: the frozen base back in the compute dtype
+    if quantized:
         from peft.utils.integrations import dequantize_module_weight
-
+    for name in quantized:  # QLoRA: the frozen base back in the compute dtype
         module = base.get_submodule(name)
         state[name.replace(".base_layer", "") + ".weight"] = dequantize_module_weight(module).detach().cpu()
     for name, layer in layers.items():

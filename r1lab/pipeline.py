@@ -21,12 +21,16 @@ import yaml
 
 from r1lab.checkpoint import atomic_dir, atomic_write_json, seed_everything
 from r1lab.config import ConfigError, apply_overrides, doc, from_dict, read_yaml, to_dict
+from r1lab.lora import LoraConfig
 from r1lab.models import load_model, resolve_device, save_model
 from r1lab.templates import PromptTemplate, TemplateConfig
-from r1lab.train import grpo, ppo, pretrain
+from r1lab.train import dpo, grpo, ppo, pretrain, reward_model, sft
 from r1lab.train.grpo import GRPOConfig
 from r1lab.train.ppo import PPOConfig
 from r1lab.train.pretrain import PretrainConfig
+from r1lab.train.dpo import DPOConfig
+from r1lab.train.reward_model import RewardModelConfig
+from r1lab.train.sft import SFTConfig
 
 log = logging.getLogger("r1lab")
 
@@ -35,6 +39,9 @@ STAGES: dict[str, tuple[type, Callable]] = {
     "pretrain": (PretrainConfig, pretrain.run_stage),
     "grpo": (GRPOConfig, grpo.train),
     "ppo": (PPOConfig, ppo.train),
+    "sft": (SFTConfig, sft.train),
+    "reward_model": (RewardModelConfig, reward_model.train),
+    "dpo": (DPOConfig, dpo.train),
 }
 STAGE_KINDS: dict[str, type] = {kind: cls for kind, (cls, _) in STAGES.items()}
 
@@ -68,6 +75,7 @@ class RunConfig:
     threads: int = doc(0, "CPU threads for torch (0: torch's default).")
     engine: str = doc("transformers", "Generation engine.")
     gradient_checkpointing: bool = doc(False, "Recompute activations in backward (less memory, ~15% slower).")
+    lora: LoraConfig = doc(LoraConfig(), "LoRA / QLoRA adapters (peft) for the RL stages; reference = adapters off.")
     task: TaskConfig = doc(TaskConfig(), "The task: prompts, answers and the verifier.")
     template: TemplateConfig = doc(TemplateConfig(), "How prompts are shown to the model.")
     eval: EvalConfig = doc(EvalConfig(), "Held-out evaluation after every stage (R1 protocol).")
@@ -138,10 +146,15 @@ class StageContext:
 
     def load_policy(self):
         """The model to train: the stage's last resumable checkpoint if any, else its init checkpoint."""
-        source = self.checkpoint_dir if (self.checkpoint_dir / "config.json").is_file() else self.init_checkpoint
-        model, tokenizer = load_model(str(source), dtype=self.run.dtype, device=self.device)
-        if self.run.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.run.lora.enabled:  # the base from init_checkpoint, the adapter from checkpoint/adapter if resuming
+            from r1lab.lora import load_lora_policy
+
+            model, tokenizer = load_lora_policy(self.run, self.init_checkpoint, self.checkpoint_dir, self.device)
+        else:
+            source = self.checkpoint_dir if (self.checkpoint_dir / "config.json").is_file() else self.init_checkpoint
+            model, tokenizer = load_model(str(source), dtype=self.run.dtype, device=self.device)
+            if self.run.gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.template is None or self.template.tokenizer is None:
             self.template = PromptTemplate(self.run.template, tokenizer)
         return model, tokenizer

@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -145,6 +144,8 @@ class SandboxResult:
 
 
 def _nobody() -> tuple[int, int]:
+    import pwd  # POSIX only: imported here so that importing r1lab works elsewhere
+
     try:
         entry = pwd.getpwnam("nobody")
         return entry.pw_uid, entry.pw_gid
@@ -173,13 +174,13 @@ def _launcher(python: str, namespaces: bool, drop: bool) -> tuple[tuple[str, ...
         else:
             candidates.append((tuple([unshare, "--user", "--map-root-user"] + ns[1:] + ["--"]),
                                "userns+netns+pidns", False))
-    elif root and drop and shutil.which("setpriv"):
+    if root and drop and shutil.which("setpriv"):  # no namespaces here (a container may forbid them)
         uid, gid = _nobody()
         candidates.append(((shutil.which("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"),
                            "no namespaces, user nobody", True))
     for prefix, description, drops in candidates:
         try:
-            probe = subprocess.run([*prefix, python, "-I", "-c", "pass"], cwd="/", stdin=subprocess.DEVNULL,
+            probe = subprocess.run([*prefix, python, "-I", "-B", "-c", "pass"], cwd="/", stdin=subprocess.DEVNULL,
                                    capture_output=True, timeout=20)
         except (OSError, subprocess.TimeoutExpired):
             continue
@@ -245,12 +246,11 @@ def run_python(code: str, *, stdin: str | None = None, limits: SandboxLimits | N
         # RLIMIT_NPROC binds every user but root: allow max_processes more tasks than the user runs now
         runs_as = _nobody()[0] if drops else os.getuid()
         nproc = _user_tasks(runs_as) + limits.max_processes if runs_as != 0 else 0
-        argv = [*prefix, python, "-I", "-c", _BOOTSTRAP,
+        argv = [*prefix, python, "-I", "-B", "-c", _BOOTSTRAP,
                 f"memory_mb={limits.memory_mb}", f"cpu_s={cpu_s}", f"file_size_mb={limits.file_size_mb}",
                 f"max_open_files={limits.max_open_files}", f"nproc={nproc}",
                 f"audit_hook={int(limits.audit_hook)}", program]
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir,
-               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"}
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
         out_path, err_path = os.path.join(workdir, ".stdout"), os.path.join(workdir, ".stderr")
         # Output goes to files, not pipes: RLIMIT_FSIZE bounds them and nothing can fill the parent's memory.
         with open(out_path, "wb") as out, open(err_path, "wb") as err, \

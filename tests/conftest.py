@@ -13,3 +13,15 @@ def _quiet_transformers():
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     yield
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """In-process tests use tiny models, for which one thread is faster than two (and robust to a busy machine).
+    Recipes run in subprocesses keep their own `threads` setting."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

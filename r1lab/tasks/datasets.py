@@ -145,6 +145,9 @@ class DatasetTask:
             if match is None:
                 raise ValueError(f"{at}: answer_regex {pattern.pattern!r} finds nothing in {answer[-80:]!r}")
             answer = (match.group(1) if match.groups() else match.group(0)).strip()
+        missing = [column for column in self.fields.values() if column not in row]
+        if missing:
+            raise ValueError(f"{at}: no column {missing[0]!r}; columns: {', '.join(sorted(row))}")
         example = {**row, **{key: row[column] for key, column in self.fields.items()},
                    "prompt": prompt, "answer": answer, "verifier": row.get("verifier") or self.verifier}
         if example["verifier"] not in VERIFIERS:

@@ -31,6 +31,7 @@ from r1lab.advantages import group_advantages, zero_spread_groups
 from r1lab.checkpoint import load_training_state, save_training_state, set_rng_state
 from r1lab.config import doc
 from r1lab.engine import SamplingParams, make_engine
+from r1lab.lora import is_lora_model
 from r1lab.logprobs import completion_logprobs
 from r1lab.models import load_model, peak_memory
 from r1lab.losses import grpo_loss
@@ -102,7 +103,10 @@ def train(cfg: GRPOConfig, ctx) -> str:
     resume = load_training_state(ctx.checkpoint_dir)
     engine = make_engine(ctx.run.engine, model, tokenizer)
     ref_model = None
-    if cfg.kl_coef > 0:  # β = 0 loads no reference model
+    adapters_off_ref = cfg.kl_coef > 0 and is_lora_model(model)  # LoRA: π_ref is the policy with adapters off
+    if adapters_off_ref and cfg.ref_reset_every:
+        ctx.warn("ref_reset_every is ignored with LoRA: the reference is the base model (adapters off)")
+    if cfg.kl_coef > 0 and not adapters_off_ref:  # β = 0 loads no reference model
         # The reference is the stage's starting model, also after a resume (the policy has moved on by then).
         ref_model = load_model(ctx.init_checkpoint, dtype=ctx.run.dtype, device=ctx.device)[0] if resume else \
             copy.deepcopy(model)
@@ -162,6 +166,9 @@ def train(cfg: GRPOConfig, ctx) -> str:
         with torch.no_grad():  # π_old and π_ref on the whole rollout, before any update
             old_logprobs = completion_logprobs(model, batch)[0] if multi_pass else None
             ref_logprobs = completion_logprobs(ref_model, batch)[0] if ref_model is not None else None
+            if adapters_off_ref:
+                with model.disable_adapter():
+                    ref_logprobs = completion_logprobs(model, batch)[0]
 
         # 4. μ passes over the rollout, each in minibatches; a minibatch may be split into micro-batches whose
         #    gradients add up to the minibatch's (weights follow the aggregation's denominator)

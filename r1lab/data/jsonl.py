@@ -1,0 +1,141 @@
+"""Supervised and preference data from JSON Lines files; every problem is reported as "file:line: what".
+
+SFT rows (``kind: sft``):
+    {"prompt": "...", "completion": "..."}
+    {"messages": [{"role": "user", "content": "..."}, ..., {"role": "assistant", "content": "..."}]}  (chat template)
+Preference rows (``kind: reward_model``, ``kind: dpo``):
+    {"prompt": "...", "chosen": "...", "rejected": "..."}
+Other fields (the provenance a rejection sampler writes, for example) are kept and ignored by the trainers.
+
+The held-out split hashes the prompt (``r1lab.tasks.splits.split_of``), so every row of one prompt (several sampled
+completions of it) lands on the same side and the eval loss never sees a training prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from r1lab.config import ConfigError
+from r1lab.tasks.splits import split_of
+
+
+class DataFileError(ConfigError):
+    """A data file that cannot be used; the message names the file (and line) and what is wrong.
+
+    A ``ConfigError``, so the CLI reports it in one line with exit status 2 instead of a traceback.
+    """
+
+
+def resolve_data_path(data: str, run_dir: str | Path, stage: str = "") -> str:
+    """``data`` as a file path, or the output file of an earlier stage of this run named ``data``."""
+    where = f"stage '{stage}': " if stage else ""
+    if not data:
+        raise DataFileError(f"{where}set data: to a JSONL file or to the name of an earlier stage that wrote one")
+    if os.path.isfile(data):
+        return data
+    done = Path(run_dir) / data / "done.json"
+    if done.is_file():  # an earlier stage whose output ("checkpoint" in its done.json) is a data file
+        output = json.loads(done.read_text()).get("checkpoint")
+        if output and os.path.isfile(output):
+            return output
+        raise DataFileError(f"{where}data: stage '{data}' produced {output!r}, which is not a data file")
+    raise DataFileError(f"{where}data file not found: {data!r} (resolved to {os.path.abspath(data)}); relative "
+                        f"paths are read from the current directory, stage names from {run_dir}")
+
+
+def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
+    """``("file:line", row)`` for every non-empty line of a JSON Lines file of objects."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise DataFileError(f"data file not found: {path!r} (resolved to {os.path.abspath(path)})")
+    rows = []
+    with open(path, encoding="utf-8") as file:
+        for line_number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataFileError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(row, dict):
+                raise DataFileError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
+            rows.append((where, row))
+    if not rows:
+        raise DataFileError(f"{path}: the file has no rows")
+    return rows
+
+
+def _text_field(where: str, row: dict, name: str, hint: str) -> str:
+    if name not in row:
+        keys = ", ".join(sorted(row)) or "none"
+        raise DataFileError(f"{where}: row has no {name!r} field (keys: {keys}); {hint}")
+    value = row[name]
+    if not isinstance(value, str):
+        raise DataFileError(f"{where}: {name!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _messages(where: str, messages) -> list[dict]:
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise DataFileError(f"{where}: 'messages' must be a list of at least two messages (the prompt turns, then "
+                            f"the assistant's answer)")
+    for i, message in enumerate(messages):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
+            raise DataFileError(f"{where}: messages[{i}] must be an object with 'role' and 'content' strings")
+    if messages[-1]["role"] != "assistant":
+        raise DataFileError(f"{where}: the last message must have role 'assistant' (the completion that is "
+                            f"learned), got {messages[-1]['role']!r}")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+SFT_HINT = "SFT rows need 'prompt' and 'completion' strings, or 'messages' with template.kind: chat"
+PAIR_HINT = "preference rows need 'prompt', 'chosen' and 'rejected' strings"
+
+
+def read_sft_examples(path: str | Path, *, chat: bool = False) -> list[dict]:
+    """SFT rows as ``{"prompt", "completion", "where"}`` or, for chat rows, ``{"messages", "where"}``.
+
+    ``chat``: the run's template is the tokenizer's chat template; only then are ``messages`` rows accepted.
+    """
+    examples = []
+    for where, row in read_jsonl(path):
+        if "messages" in row:
+            if not chat:
+                raise DataFileError(f"{where}: 'messages' rows need template.kind: chat (a chat model); with the "
+                                    f"r1_zero or plain template give 'prompt' and 'completion'")
+            examples.append({"messages": _messages(where, row["messages"]), "where": where})
+        else:
+            examples.append({"prompt": _text_field(where, row, "prompt", SFT_HINT),
+                             "completion": _text_field(where, row, "completion", SFT_HINT), "where": where})
+    return examples
+
+
+def read_preference_pairs(path: str | Path) -> list[dict]:
+    """Preference rows as ``{"prompt", "chosen", "rejected", "where"}``."""
+    return [{name: _text_field(where, row, name, PAIR_HINT) for name in ("prompt", "chosen", "rejected")}
+            | {"where": where} for where, row in read_jsonl(path)]
+
+
+def prompt_key(example: dict) -> str:
+    """What decides an example's split: its prompt (for chat rows, every turn before the answer)."""
+    if "messages" in example:
+        return json.dumps(example["messages"][:-1], sort_keys=True)
+    return example["prompt"]
+
+
+def split_held_out(examples: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
+    """(train, held-out): a stable share ``fraction`` of prompts is held out (0: none)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return list(examples), []
+    train, held_out = [], []
+    for example in examples:
+        (held_out if split_of(prompt_key(example), fraction) == "test" else train).append(example)
+    if not train:
+        raise DataFileError(f"eval_fraction={fraction} held out every prompt of the data; lower it")
+    return train, held_out
