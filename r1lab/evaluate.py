@@ -179,3 +179,32 @@ def evaluate_model(engine, task, template, *, num_problems: int, k: int, tempera
     for size in sorted({2**i for i in range(1, n.bit_length()) if 2**i <= n} | ({n} if n > 1 else set())):
         summary[f"pass@{size}"] = round(mean_pass_at_k(list(by_problem.values()), size), 4)
     return summary
+
+
+def check_reliability(engine, task, template, *, num_problems: int, k: int, temperature: float, top_p: float,
+                      max_new_tokens: int, seed: int, split: str = "test") -> dict:
+    """The gate before RL (issue 6): are the model's own self-checks reliable enough for checking to pay?
+
+    Samples k completions on ``num_problems`` held-out problems and reads their checks (r1lab.tasks.checks):
+    ok_precision (share of "ok" marks on real hits), no_precision (share of "no" marks on real misses), None without
+    such marks; accuracy_by_checks {n_checks: {"pass_rate", "count"}}; checks_per_completion, revisions, pass@1.
+    """
+    from r1lab.engine import SamplingParams
+    from r1lab.rewards import extract_answer
+    from r1lab.tasks import verify
+    from r1lab.tasks.checks import summarize_checks
+
+    examples = task.examples(split, num_problems, seed=seed)
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    groups = engine.generate([template.render(ex["prompt"]) for ex in examples], k, params)
+    responses, flat_examples, correct = [], [], []
+    for example, group in zip(examples, groups):
+        for generation in group:
+            response = template.prefill + generation.text
+            responses.append(response)
+            flat_examples.append(example)
+            correct.append(bool(verify(extract_answer(response), example)))
+    summary = summarize_checks(responses, flat_examples, correct)
+    summary.update({"pass@1": round(fmean(correct), 4), "num_problems": len(examples), "k": k,
+                    "temperature": temperature, "top_p": top_p})
+    return summary

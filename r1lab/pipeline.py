@@ -30,6 +30,8 @@ from r1lab.train.ppo import PPOConfig
 from r1lab.train.pretrain import PretrainConfig
 from r1lab.train.dpo import DPOConfig
 from r1lab.train.reward_model import RewardModelConfig
+from r1lab.train import rejection_sampling
+from r1lab.train.rejection_sampling import RejectionSamplingConfig
 from r1lab.train.sft import SFTConfig
 
 log = logging.getLogger("r1lab")
@@ -42,6 +44,7 @@ STAGES: dict[str, tuple[type, Callable]] = {
     "sft": (SFTConfig, sft.train),
     "reward_model": (RewardModelConfig, reward_model.train),
     "dpo": (DPOConfig, dpo.train),
+    "rejection_sampling": (RejectionSamplingConfig, rejection_sampling.run_stage),
 }
 STAGE_KINDS: dict[str, type] = {kind: cls for kind, (cls, _) in STAGES.items()}
 

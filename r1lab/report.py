@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 TRAINING_CURVES_FILE = "training_curves.png"
 DIAGNOSTICS_FILE = "training_diagnostics.png"
+REASONING_FILE = "reasoning_curves.png"
 REPORT_FILE = "report.html"
 
 REWARD_COMPONENTS = [
@@ -39,6 +40,11 @@ DIAGNOSTIC_METRICS = [
     ("groups/zero_spread_frac", "share of groups with equal rewards"),
     ("step_seconds", "seconds per step"),
 ]
+LENGTH_PERCENTILES = [("completion/length_p10", "p10", ":"), ("completion/length_p50", "p50", "-"),
+                      ("completion/length_p90", "p90", "--")]
+CHECK_COUNTS = [("checks/per_completion", "checks", "-"), ("checks/revisions_per_completion", "revisions", "--")]
+ACCURACY_BY_CHECKS = [(f"accuracy/by_checks/{n}", f"{n} checks", style)
+                      for n, style in [("0", ":"), ("1", "-."), ("2", "--"), ("3+", "-")]]
 SAMPLES_PER_STEP_SHOWN = 8
 
 Series = tuple[list[float], list[float]]  # (steps, values), sorted by step
@@ -261,6 +267,38 @@ def plot_extra_metrics(run_dir: str | Path) -> Path | None:
     return path
 
 
+def plot_reasoning_metrics(run_dir: str | Path) -> Path | None:
+    """reasoning_curves.png: how the reasoning changes over training (issue 6, the "aha moment").
+
+    Completion length p10/p50/p90, checks and revisions per completion, and training accuracy by the number of
+    checks in a completion. Panels without data say so; None when the log has none of these metrics.
+    """
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    stages = stages_in_order(rows)
+    colors = _stage_colors(stages)
+    several = len(stages) > 1
+    panels = [("Completion length (training)", "tokens", LENGTH_PERCENTILES),
+              ("Self-checks per completion", "per completion", CHECK_COUNTS),
+              ("Training accuracy by number of checks", "pass rate", ACCURACY_BY_CHECKS)]
+    series = {key: metric_series(rows, key) for _, _, keys in panels for key, _, _ in keys}
+    if not any(series.values()):
+        return None
+    figure = _new_figure(15, 4.2)
+    for ax, (title, ylabel, keys) in zip(figure.subplots(1, 3), panels):
+        has_data = False
+        for index, (key, name, style) in enumerate(keys):
+            for stage_name, (steps, values) in series[key].items():
+                # one colour per stage in the first two panels; one colour per bucket in the accuracy panel
+                color = f"C{index}" if keys is ACCURACY_BY_CHECKS else colors[stage_name]
+                _plot_noisy(ax, steps, values, color, style, _label(stage_name, name, several), show_raw=False)
+                has_data = True
+        _finish_axes(ax, title, ylabel, has_data)
+    path = run_dir / REASONING_FILE
+    figure.savefig(path, dpi=110)
+    return path
+
+
 # --- summary table ---
 
 
@@ -431,6 +469,7 @@ def write_report(run_dir: str | Path) -> Path:
     plots = [
         (plot_training_curves(run_dir), "training reward, held-out accuracy and completion length"),
         (plot_extra_metrics(run_dir), "training diagnostics"),
+        (plot_reasoning_metrics(run_dir), "completion length percentiles, self-checks and accuracy by checks"),
     ]
     images = [_embedded_png(path, alt) for path, alt in plots if path is not None]
     curves = "\n".join(images) if images else "<p>No metrics yet.</p>"

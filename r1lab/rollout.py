@@ -95,6 +95,51 @@ def rollout_metrics(rollout: Rollout) -> dict:
         short = name.rsplit(":", 1)[-1]
         metrics[f"reward/{short}"] = statistics.fmean(present) if present else 0.0
         metrics[f"reward/{short}_errors"] = rollout.scores.errors.get(name, 0)
+    ordered = sorted(lengths)
+    for q in (10, 50, 90):
+        metrics[f"completion/length_p{q}"] = _percentile(ordered, q)
+    metrics.update(check_metrics(rollout))
+    return metrics
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """The q-th percentile of sorted values, linearly interpolated (numpy's default)."""
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
+
+
+def check_metrics(rollout: Rollout) -> dict:
+    """Self-checking in the completions of tasks whose reasoning has checks (r1lab.tasks.checks.CHECK_TASKS).
+
+    checks/per_completion, checks/revisions_per_completion, checks/ok_precision and checks/no_precision (when such
+    marks exist) and accuracy/by_checks/{0,1,2,3+} (pass rate of the completions with that many checks, when any).
+    Empty for other tasks.
+    """
+    from r1lab.rewards import extract_answer
+    from r1lab.tasks import verify
+    from r1lab.tasks.checks import CHECK_TASKS, summarize_checks
+
+    index = [i for i, ex in enumerate(rollout.examples) if ex.get("task") in CHECK_TASKS]
+    if not index:
+        return {}
+    responses = [rollout.responses[i] for i in index]
+    examples = [rollout.examples[i] for i in index]
+    correct = [bool(verify(extract_answer(r), ex)) for r, ex in zip(responses, examples)]
+    summary = summarize_checks(responses, examples, correct)
+    metrics = {"checks/per_completion": summary["checks_per_completion"],
+               "checks/revisions_per_completion": summary["revisions_per_completion"]}
+    for key in ("ok_precision", "no_precision"):
+        if summary[key] is not None:
+            metrics[f"checks/{key}"] = summary[key]
+    buckets: dict[str, list[int]] = {}  # "0", "1", "2", "3+" -> [correct, count]
+    for n, entry in summary["accuracy_by_checks"].items():
+        bucket = buckets.setdefault(str(n) if n < 3 else "3+", [0, 0])
+        bucket[0] += round(entry["pass_rate"] * entry["count"])
+        bucket[1] += entry["count"]
+    for name, (hits, count) in buckets.items():
+        metrics[f"accuracy/by_checks/{name}"] = hits / count
     return metrics
 
 

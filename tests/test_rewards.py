@@ -165,7 +165,7 @@ def test_get_reward_from_file(tmp_path):
 @pytest.mark.parametrize(
     "spec, error, message",
     [
-        ("acuracy", ValueError, r"unknown reward 'acuracy'; registered rewards: accuracy, format"),
+        ("acuracy", ValueError, r"unknown reward 'acuracy'; registered rewards: accuracy, .*format"),
         ("no_such_package_xyz.rewards:fn", ImportError, r"'no_such_package_xyz.rewards:fn'.*cannot import"),
         ("r1lab.rewards.rule:no_such_fn", AttributeError, r"no attribute 'no_such_fn'"),
         ("r1lab.rewards.rule:THINK_OPEN", TypeError, r"not a function"),

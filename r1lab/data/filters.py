@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from statistics import fmean
 
@@ -72,3 +73,47 @@ def write_jsonl(examples: list[dict], path: str | Path) -> Path:
         for example in examples:
             file.write(json.dumps(example, default=str) + "\n")
     return path
+
+
+# --- readability filters for rejection sampling and cold-start data (DeepSeek-R1 §2.3.1, §2.3.3) ---------------
+# R1 drops chains of thought "with mixed languages, long paragraphs, and code blocks" from its SFT data.
+
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+
+
+def is_mixed_language(completion: str, language: str = "en", min_share: float = 0.95) -> bool:
+    """True when the chain of thought's share of ``language`` words is below ``min_share`` (no words: False)."""
+    from r1lab.rewards.language import language_consistency_reward
+
+    share = language_consistency_reward(completion, {"language": language})
+    return share is not None and share < min_share
+
+
+def longest_paragraph_words(text: str) -> int:
+    """Words in the longest paragraph (paragraphs are separated by blank lines)."""
+    return max((len(paragraph.split()) for paragraph in _PARAGRAPH_BREAK.split(text)), default=0)
+
+
+def has_overlong_paragraph(text: str, max_words: int) -> bool:
+    return longest_paragraph_words(text) > max_words
+
+
+def has_code_block(text: str) -> bool:
+    """A Markdown code fence anywhere in the text."""
+    return "```" in text
+
+
+def normalise_text(text: str) -> str:
+    """Lower case, whitespace runs collapsed: what counts as "the same text" for deduplication."""
+    return " ".join(text.lower().split())
+
+
+def deduplicate(rows: list[dict], keys: tuple[str, ...] = ("prompt", "completion")) -> tuple[list[dict], int]:
+    """The rows whose normalised ``keys`` were not seen before (first one kept), and how many were dropped."""
+    seen, kept = set(), []
+    for row in rows:
+        key = tuple(normalise_text(str(row.get(name, ""))) for name in keys)
+        if key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return kept, len(rows) - len(kept)

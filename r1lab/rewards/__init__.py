@@ -4,6 +4,7 @@
 """
 
 from r1lab.rewards.code import code_reward
+from r1lab.rewards.language import language_consistency_reward
 from r1lab.rewards.registry import REWARDS, get_reward, register_reward
 from r1lab.rewards.rule import accuracy_reward, extract_answer, format_reward, soft_format_reward
 from r1lab.rewards.scoring import ScoreResult, score_completions
@@ -16,6 +17,7 @@ __all__ = [
     "extract_answer",
     "format_reward",
     "get_reward",
+    "language_consistency_reward",
     "register_reward",
     "score_completions",
     "soft_format_reward",

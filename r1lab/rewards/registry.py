@@ -1,4 +1,4 @@
-"""Reward lookup: a registered name, "package.module:function" or "path/to/file.py:function".
+"""Reward lookup: a registered name, "reward_model:<folder>", "package.module:function" or "path/to/file.py:function".
 
 A reward is a pure function `(completion: str, example: dict) -> float | None`; None means "not applicable".
 """
@@ -15,6 +15,8 @@ from typing import Callable
 Reward = Callable[[str, dict], "float | None"]
 
 REWARDS: dict[str, Reward] = {}
+REWARD_MODEL_PREFIX = "reward_model:"
+_REWARD_MODELS: dict[str, Reward] = {}  # folder -> reward: each trained reward model is loaded once per process
 
 
 def register_reward(name: str) -> Callable[[Reward], Reward]:
@@ -69,6 +71,8 @@ def get_reward(spec: str) -> Reward:
         raise TypeError(f"reward spec must be a string, got {type(spec).__name__}: {spec!r}")
     if spec in REWARDS:
         return REWARDS[spec]
+    if spec.startswith(REWARD_MODEL_PREFIX):
+        return _reward_model_reward(spec[len(REWARD_MODEL_PREFIX):])
     if ":" not in spec:
         raise ValueError(
             f"unknown reward {spec!r}; registered rewards: {', '.join(sorted(REWARDS))}; "
@@ -93,3 +97,16 @@ def get_reward(spec: str) -> Reward:
     if not callable(function):
         raise TypeError(f"reward {spec!r}: {attribute!r} is a {type(function).__name__}, not a function")
     return function
+
+
+def _reward_model_reward(path: str) -> Reward:
+    """The reward of a trained reward model (a reward_model stage's ``final`` folder), cached by folder."""
+    if not path:
+        raise ValueError(f"reward {REWARD_MODEL_PREFIX!r} needs a folder, e.g. "
+                         f"'{REWARD_MODEL_PREFIX}runs/<run>/<stage>/final'")
+    key = os.path.realpath(path)
+    if key not in _REWARD_MODELS:
+        from r1lab.train.reward_model import make_reward_model_reward  # torch and transformers only when used
+
+        _REWARD_MODELS[key] = make_reward_model_reward(path)
+    return _REWARD_MODELS[key]

@@ -14,6 +14,7 @@ import dataclasses
 
 from r1lab.tasks.arithmetic import ArithmeticTask
 from r1lab.tasks.countdown import CountdownTask
+from r1lab.tasks.countdown_checks import CountdownChecksTask
 from r1lab.tasks.datasets import DatasetTask, ReasoningGymTask, reasoning_gym_verifier
 from r1lab.tasks.jsonl import JsonlTask
 from r1lab.tasks.verifiers import VERIFIERS, verify
@@ -32,6 +33,7 @@ VERIFIERS.update({"math": math_verifier, "multiple_choice": multiple_choice_veri
 
 TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "jsonl": JsonlTask, "dataset": DatasetTask,
          "reasoning_gym": ReasoningGymTask}
+TASKS["countdown_checks"] = CountdownChecksTask
 
 
 def get_task(name: str, /, **options):

@@ -2,7 +2,10 @@
 
 Prompts are compact because the tiny model reads characters: every character costs a token.
 The corpus styles give a from-scratch model partial skill (REFERENCE.md §5): worked solutions with and
-without tags, some with one plausible human mistake that propagates to a wrong final answer.
+without tags, some with one plausible human mistake that propagates to a wrong final answer. The "worked_words"
+and "worked_mixed" styles put reasoning words between the steps, in English or drawn from English and Spanish
+within one chain of thought, so that the tiny model can learn to mix languages and the language-consistency reward
+(R1 §2.3.2) has something to fix.
 """
 
 from __future__ import annotations
@@ -15,6 +18,12 @@ from typing import ClassVar
 from r1lab.tasks.splits import check_split, check_test_fraction, draw_examples, split_rng
 
 _INTEGER = re.compile(r"[+-]?\d+")
+
+# The same three reasoning words in two languages (ASCII so that the tiny tokenizer covers them); index i of every
+# language means the same thing: start of the working, between two steps, before the result.
+REASONING_WORDS: dict[str, tuple[str, ...]] = {"en": ("sum", "then", "so"), "es": ("suma", "luego", "asi")}
+# Whole-word tokens for build_tiny_tokenizer(extra_words=...): each reasoning word is one token.
+EXTRA_TOKENS: list[str] = [word for words in REASONING_WORDS.values() for word in words]
 
 
 def integer_verifier(answer_text: str, example: dict) -> bool:
@@ -150,7 +159,10 @@ class ArithmeticTask:
     test_fraction: float = 0.1  # share of the problem space held out for the test split
 
     name: ClassVar[str] = "arithmetic"
-    styles: ClassVar[tuple[str, ...]] = ("worked", "worked_error", "plain", "plain_error", "answer_only")
+    styles: ClassVar[tuple[str, ...]] = ("worked", "worked_error", "plain", "plain_error", "answer_only",
+                                         "worked_words", "worked_mixed")
+    # The tiny tokenizer makes each reasoning word of the worked_words / worked_mixed styles one token.
+    extra_tokens: ClassVar[list[str]] = EXTRA_TOKENS
 
     def __post_init__(self) -> None:
         if not isinstance(self.digits, int) or not 1 <= self.digits <= 12:
@@ -195,7 +207,26 @@ class ArithmeticTask:
         if style == "answer_only":
             return str(example["answer"])
         steps, result = _STEP_WRITERS[op](a, b, rng, with_error=style.endswith("_error"))
+        if style in ("worked_words", "worked_mixed"):
+            trace = _trace_with_words(steps, result, rng, mixed=style == "worked_mixed")
+            return f"<think>{trace}</think><answer>{result}</answer>"
         trace = " ".join(steps)
         if style.startswith("worked"):
             return f"<think>{trace}</think><answer>{result}</answer>"
         return f"{trace} so {result}"
+
+
+def _trace_with_words(steps: list[str], result: int, rng: random.Random, *, mixed: bool) -> str:
+    """"sum 7+9=16 then 4+8+1=13 then 3+5+1=9 so 936"; mixed: each word's language drawn at random, with at least
+    one word of each language (there are always at least two words: the first and the one before the result)."""
+    meanings = [0] + [1] * (len(steps) - 1) + [2]
+    languages = ["en"] * len(meanings)
+    if mixed:
+        languages = [rng.choice(("en", "es")) for _ in meanings]
+        if len(set(languages)) == 1:
+            languages[rng.randrange(len(languages))] = "es" if languages[0] == "en" else "en"
+    words = [REASONING_WORDS[language][meaning] for language, meaning in zip(languages, meanings)]
+    parts = [words[0]]
+    for i, step in enumerate(steps):
+        parts += [step, words[i + 1]]
+    return " ".join(parts + [str(result)])

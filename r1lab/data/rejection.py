@@ -1,0 +1,93 @@
+"""Rejection sampling (DeepSeek-R1 §2.3.3): N samples per prompt from a checkpoint; the correct, readable ones kept.
+
+Correct: the rule verifier of the example (``r1lab.tasks.verify`` on the answer block), or a ``judge`` callable where
+no rule exists (R1 used DeepSeek-V3 as the judge). Readable: no mixed-language chain of thought, no overlong
+paragraph, no code block (``ReadabilityFilters``); then duplicates are dropped. Each kept row records where it came
+from, so a data set can be traced back to the checkpoint, stage, sample and temperature that produced it.
+
+    rows, stats = rejection_sample(engine, task, template, examples, n=4, params=SamplingParams(temperature=0.7),
+                                   provenance={"checkpoint": path, "stage": "reasoning_rl"})
+    write_jsonl(rows, "data.jsonl")   # {prompt, completion, answer, source}: an SFT data set
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+from r1lab.config import doc
+from r1lab.data.filters import deduplicate, has_code_block, has_overlong_paragraph, is_mixed_language
+from r1lab.engine import SamplingParams
+from r1lab.rewards import extract_answer
+from r1lab.tasks import verify
+
+Judge = Callable[[str, str, dict], bool]  # (prompt, completion, example) -> correct?
+
+
+@dataclass
+class ReadabilityFilters:
+    language: str = doc("en", "Target language of the chain of thought (see r1lab.rewards.language).")
+    min_language_share: float = doc(0.95, "Drop a completion whose share of target-language thinking words is "
+                                          "below this (0: keep mixed languages).")
+    max_paragraph_words: int = doc(300, "Drop a completion with a paragraph longer than this many words (0: off).")
+    drop_code_blocks: bool = doc(True, "Drop completions containing a ``` code fence.")
+    deduplicate: bool = doc(True, "Drop repeated (prompt, completion) pairs after whitespace/case normalisation.")
+
+
+def readability_problem(completion: str, filters: ReadabilityFilters) -> str | None:
+    """The name of the first readability filter that drops ``completion``, None when it passes them all."""
+    if filters.min_language_share > 0 and is_mixed_language(completion, filters.language, filters.min_language_share):
+        return "mixed_language"
+    if filters.max_paragraph_words > 0 and has_overlong_paragraph(completion, filters.max_paragraph_words):
+        return "overlong_paragraph"
+    if filters.drop_code_blocks and has_code_block(completion):
+        return "code_block"
+    return None
+
+
+def rule_judge(prompt: str, completion: str, example: dict) -> bool:
+    """Correct when the last answer block passes the example's verifier."""
+    return verify(extract_answer(completion), example)
+
+
+def rejection_sample(engine, task, template, examples: list[dict], n: int, params: SamplingParams, *,
+                     judge: Judge | None = None, filters: ReadabilityFilters | None = None,
+                     provenance: dict | None = None, render: Callable[[str], str] | None = None,
+                     batch_prompts: int = 64) -> tuple[list[dict], dict]:
+    """Sample ``n`` completions per example and keep the correct, readable, distinct ones.
+
+    ``judge``: decides correctness (default: the rule verifier). ``render``: prompt text -> model input (default:
+    ``template.render``; few-shot prompting passes its own). ``provenance`` goes into each row's ``source``.
+    Returns the rows ``{prompt, completion, answer, source}`` and stats: ``sampled == correct + incorrect`` and
+    ``correct == kept + sum(dropped.values())``.
+    """
+    judge = judge or rule_judge
+    filters = filters or ReadabilityFilters()
+    render = render or template.render
+    dropped = {"mixed_language": 0, "overlong_paragraph": 0, "code_block": 0, "duplicate": 0}
+    sampled = correct = 0
+    rows = []
+    for start in range(0, len(examples), batch_prompts):
+        chunk = examples[start:start + batch_prompts]
+        batch_params = dataclasses.replace(params, seed=params.seed + start)  # a sampling stream per batch
+        groups = engine.generate([render(example["prompt"]) for example in chunk], n, batch_params)
+        for example, group in zip(chunk, groups):
+            for index, generation in enumerate(group):
+                completion = template.prefill + generation.text  # the whole response, as the rewards see it
+                sampled += 1
+                if not judge(example["prompt"], completion, example):
+                    continue
+                correct += 1
+                problem = readability_problem(completion, filters)
+                if problem:
+                    dropped[problem] += 1
+                    continue
+                rows.append({"prompt": example["prompt"], "completion": completion, "answer": example.get("answer"),
+                             "source": {**(provenance or {}), "sample_index": index,
+                                        "temperature": params.temperature}})
+    if filters.deduplicate:
+        rows, dropped["duplicate"] = deduplicate(rows)
+    stats = {"prompts": len(examples), "samples_per_prompt": n, "sampled": sampled, "correct": correct,
+             "incorrect": sampled - correct, "kept": len(rows), "dropped": dropped}
+    return rows, stats

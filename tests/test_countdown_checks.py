@@ -1,0 +1,225 @@
+"""The countdown_checks task, check parsing, the reliability gate, rollout check metrics and the reasoning plot."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from r1lab.engine import Generation
+from r1lab.evaluate import check_reliability
+from r1lab.report import plot_reasoning_metrics, write_report
+from r1lab.rewards import ScoreResult, extract_answer, format_reward
+from r1lab.rollout import Rollout, rollout_metrics
+from r1lab.tasks import TASKS, get_task, verify
+from r1lab.tasks.checks import count_revisions, parse_checks, reasoning_text, summarize_checks
+
+EX = {"prompt": "3 5 7 -> 22", "answer": "3*5+7", "verifier": "countdown", "task": "countdown_checks",
+      "numbers": [3, 5, 7], "target": 22}
+
+
+def _task(**options):
+    return get_task("countdown_checks", **options)
+
+
+# --- the task ---
+
+
+def test_registered_and_options_checked():
+    assert TASKS["countdown_checks"] is type(_task())
+    with pytest.raises(ValueError, match="ops"):
+        _task(ops="+-*/")
+    with pytest.raises(ValueError, match="max_misses"):
+        _task(max_misses=-1)
+    with pytest.raises(ValueError, match="style"):
+        _task().corpus_document(EX, random.Random(0), "plain")
+
+
+def test_search_traces_parse_every_mark_is_correct_and_the_answer_verifies():
+    task = _task()
+    rng = random.Random(0)
+    lengths = set()
+    for example in task.examples("train", 150, seed=1):
+        doc = task.corpus_document(example, rng, "search")
+        target = example["target"]
+        assert reasoning_text(doc).startswith(f"target {target} ")
+        checks = parse_checks(doc, example)
+        assert checks and all(c.mark_is_correct for c in checks)
+        assert [c.mark for c in checks] == ["no"] * (len(checks) - 1) + ["ok"]  # stops at the first "ok"
+        assert all(c.value == int(c.claimed) for c in checks)  # values written are true values
+        assert len({c.expression for c in checks}) == len(checks)  # no candidate tried twice
+        assert count_revisions(doc, example) == len(checks) - 1
+        assert verify(extract_answer(doc), example) and format_reward(doc, example) == 1.0
+        assert extract_answer(doc) == checks[-1].expression
+        for c in checks:  # the written difference is claimed - target
+            assert f" {c.claimed}-{target}={int(c.claimed) - target} {c.mark}" in doc
+        lengths.add(len(checks))
+    assert lengths == {1, 2, 3, 4, 5}  # 0..max_misses misses before the hit
+
+
+def test_guess_and_wrong_mark_styles():
+    task = _task(guess_hit_rate=0.5)
+    rng = random.Random(0)
+    examples = task.examples("train", 200, seed=2)
+    guesses = [(task.corpus_document(ex, rng, "guess"), ex) for ex in examples]
+    assert all(parse_checks(doc, ex) == [] and format_reward(doc, ex) == 1.0 for doc, ex in guesses)
+    hit_rate = sum(verify(extract_answer(doc), ex) for doc, ex in guesses) / len(guesses)
+    assert 0.35 < hit_rate < 0.75
+    for ex in examples[:50]:
+        doc = task.corpus_document(ex, rng, "search_wrong_mark")
+        checks = parse_checks(doc, ex)
+        assert checks[-1].mark == "ok" and not checks[-1].mark_is_correct and not verify(extract_answer(doc), ex)
+        assert all(c.mark_is_correct for c in checks[:-1])
+
+
+def test_splits_are_disjoint_and_deterministic():
+    task = _task()
+    key = lambda ex: (tuple(sorted(ex["numbers"])), ex["target"])
+    train = task.examples("train", 400, seed=0)
+    test = task.examples("test", 100, seed=0)
+    assert not {key(e) for e in train} & {key(e) for e in test}
+    assert train == task.examples("train", 400, seed=0)
+    assert all(verify(ex["answer"], ex) and ex["task"] == "countdown_checks" for ex in train)
+    docs = [task.corpus_document(ex, random.Random(5), "search") for ex in train[:20]]
+    assert docs == [task.corpus_document(ex, random.Random(5), "search") for ex in train[:20]]
+
+
+def test_extra_tokens_make_each_integer_one_token():
+    from r1lab.models import build_tiny_tokenizer
+
+    task = _task(max_number=4, max_target=20)
+    assert task.extra_tokens[:3] == ["0", "1", "2"] and task.extra_tokens[-1] == str(4**3 + 20)
+    assert _task(int_tokens=False).extra_tokens is None
+    tokenizer = build_tiny_tokenizer(task.extra_tokens)
+    text = "target 22 3*5+7=22 22-22=0 ok"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = [tokenizer.decode([i]) for i in ids]
+    assert pieces.count("22") == 4 and tokenizer.decode(ids) == text
+
+
+# --- parsing checks ---
+
+
+@pytest.mark.parametrize("completion, expected, revisions", [
+    ("<think>target 22 3+5+7=15 15-22=-7 no 3*5+7=22 22-22=0 ok</think><answer>3*5+7</answer>",
+     [("3+5+7", "15", 15, "no", True, False), ("3*5+7", "22", 22, "ok", True, True)], 1),
+    # the old countdown corpus form (no difference)
+    ("<think>3*5+7=22 ok</think><answer>3*5+7</answer>", [("3*5+7", "22", 22, "ok", True, True)], 0),
+    # a wrong claimed value, marked "ok": the mark is judged by the truth, not by the claim
+    ("<think>target 22 3+5+7=22 22-22=0 ok</think><answer>3+5+7</answer>",
+     [("3+5+7", "22", 15, "ok", False, False)], 0),
+    # a hit marked "no", then a revision that is marked "ok" wrongly
+    ("<think>target 22 5*3+7=22 22-22=0 no 7-5-3=-1 -1-22=-23 ok</think>",
+     [("5*3+7", "22", 22, "no", False, True), ("7-5-3", "-1", -1, "ok", False, False)], 1),
+    # right value but the wrong numbers is not a hit
+    ("<think>target 22 3*7+1=22 22-22=0 ok</think>", [("3*7+1", "22", 22, "ok", False, False)], 0),
+    # a guess: a candidate with no mark is not a check
+    ("<think>target 22 3+5+7=15</think><answer>3+5+7</answer>", [], 0),
+    # an unmarked candidate after a "no" is still a revision
+    ("<think>target 22 3+5+7=15 15-22=-7 no 3*5+7=22</think>", [("3+5+7", "15", 15, "no", True, False)], 1),
+    # malformed: marks with no candidate, garbage, an unfinished think, an invalid expression
+    ("ok no <think>ok target 22 no", [], 0),
+    ("<think>target 22 3++5=8 8-22=-14 no 3*5+7=22 22-22=0 ok, then", [
+        ("3++5", "8", None, "no", True, False), ("3*5+7", "22", 22, "ok", True, True)], 1),
+    ("", [], 0),
+    ("<think>target 22 3*5+7=22 22-22=0 ok ok no</think>", [("3*5+7", "22", 22, "ok", True, True)], 0),
+])
+def test_parse_checks_table(completion, expected, revisions):
+    assert [tuple(c) for c in parse_checks(completion, EX)] == expected
+    assert count_revisions(completion, EX) == revisions
+
+
+def test_summarize_checks():
+    completions = ["<think>target 22 3+5+7=15 15-22=-7 no 3*5+7=22 22-22=0 ok</think><answer>3*5+7</answer>",
+                   "<think>target 22 3+5+7=22 22-22=0 ok</think><answer>3+5+7</answer>",
+                   "<think>target 22 3+5+7=15</think><answer>3+5+7</answer>"]
+    summary = summarize_checks(completions, [EX] * 3, [True, False, False])
+    assert summary["checks_per_completion"] == 1.0 and summary["revisions_per_completion"] == pytest.approx(1 / 3)
+    assert summary["ok_marks"] == 2 and summary["ok_precision"] == 0.5
+    assert summary["no_marks"] == 1 and summary["no_precision"] == 1.0
+    assert summary["accuracy_by_checks"] == {0: {"pass_rate": 0.0, "count": 1}, 1: {"pass_rate": 0.0, "count": 1},
+                                             2: {"pass_rate": 1.0, "count": 1}}
+    empty = summarize_checks(["<answer>1</answer>"], [EX])
+    assert empty["ok_precision"] is None and empty["no_precision"] is None and "accuracy_by_checks" not in empty
+    with pytest.raises(ValueError):
+        summarize_checks(["a"], [EX, EX])
+
+
+# --- the reliability gate ---
+
+
+class FakeEngine:
+    """Returns the same literal completions for every prompt."""
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def generate(self, prompts, n, params):
+        return [[Generation([1], [2] * len(t), t, False) for t in self.texts[:n]] for _ in prompts]
+
+
+def test_check_reliability_with_a_fake_engine():
+    from r1lab.templates import PromptTemplate, TemplateConfig
+
+    task = _task()
+    template = PromptTemplate(TemplateConfig(kind="r1_zero"))
+    texts = ["<think>target 999 1+1+1=3 3-999=-996 no 1*1*1=1 1-999=-998 ok</think><answer>1</answer>",
+             "<think>target 999 1+1+1=3 3-999=-996 ok</think><answer>1+1+1</answer>",
+             "<think>target 999 1+1+1=3</think><answer>1+1+1</answer>"]
+    result = check_reliability(FakeEngine(texts), task, template, num_problems=5, k=3, temperature=1.0, top_p=1.0,
+                               max_new_tokens=32, seed=0)
+    assert result["num_problems"] == 5 and result["k"] == 3
+    assert result["ok_precision"] == 0.0 and result["no_precision"] == 1.0  # no target is 999 or uses 1,1,1 only
+    assert result["checks_per_completion"] == 1.0
+    assert result["accuracy_by_checks"] == {0: {"pass_rate": 0.0, "count": 5}, 1: {"pass_rate": 0.0, "count": 5},
+                                            2: {"pass_rate": 0.0, "count": 5}}
+    json.dumps(result)
+
+
+# --- rollout metrics ---
+
+
+def _rollout(responses, examples, lengths):
+    generations = [Generation([1], [2] * n, r, False) for r, n in zip(responses, lengths)]
+    scores = ScoreResult(total=[0.0] * len(responses), per_reward={"accuracy": [0.0] * len(responses)}, errors={})
+    return Rollout(examples, generations, responses, scores, torch.zeros(len(responses)), None, 2)
+
+
+def test_rollout_metrics_add_checks_for_countdown_tasks_and_length_percentiles_always():
+    ex = dict(EX)
+    responses = ["<think>target 22 3*5+7=22 22-22=0 ok</think><answer>3*5+7</answer>",
+                 "<think>target 22 3+5+7=15 15-22=-7 no 3*5+7=22 22-22=0 ok</think><answer>3*5+7</answer>",
+                 "<think>target 22 3+5+7=15 15-22=-7 no 5+7-3=9 9-22=-13 no 7*3+5=26 26-22=4 ok</think>"
+                 "<answer>7*3+5</answer>",
+                 "<think>target 22 3+5+7=15</think><answer>3+5+7</answer>"]
+    metrics = rollout_metrics(_rollout(responses, [ex] * 4, [10, 20, 30, 40]))
+    assert metrics["completion/length_p50"] == 25.0
+    assert metrics["completion/length_p10"] == pytest.approx(13.0)
+    assert metrics["completion/length_p90"] == pytest.approx(37.0)
+    assert metrics["checks/per_completion"] == 1.5 and metrics["checks/revisions_per_completion"] == 0.75
+    assert metrics["checks/ok_precision"] == pytest.approx(2 / 3) and metrics["checks/no_precision"] == 1.0
+    assert metrics["accuracy/by_checks/0"] == 0.0 and metrics["accuracy/by_checks/1"] == 1.0
+    assert metrics["accuracy/by_checks/2"] == 1.0 and metrics["accuracy/by_checks/3+"] == 0.0
+    assert "completion/length_mean" in metrics and "reward/accuracy" in metrics
+
+    plain = {"prompt": "1+1", "answer": "2", "verifier": "integer", "task": "arithmetic"}
+    metrics = rollout_metrics(_rollout(["<answer>2</answer>", "<answer>3</answer>"], [plain] * 2, [5, 5]))
+    assert not any(k.startswith(("checks/", "accuracy/by_checks")) for k in metrics)
+    assert metrics["completion/length_p10"] == metrics["completion/length_p90"] == 5.0
+
+
+# --- the reasoning plot ---
+
+
+def test_plot_reasoning_metrics(tmp_path):
+    assert plot_reasoning_metrics(tmp_path) is None
+    rows = [{"stage": "grpo", "step": s, "reward/mean": 0.1, "completion/length_p10": 10 + s,
+             "completion/length_p50": 20 + s, "completion/length_p90": 30 + s, "checks/per_completion": s / 10,
+             "checks/revisions_per_completion": s / 20, "accuracy/by_checks/0": 0.1, "accuracy/by_checks/3+": 0.5}
+            for s in range(12)]
+    rows.append({"stage": "grpo", "step": 12, "eval/pass@1": 0.3})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = plot_reasoning_metrics(tmp_path)
+    assert path.name == "reasoning_curves.png" and path.read_bytes().startswith(b"\x89PNG")
+    assert path.stat().st_size > 5_000
+    assert "self-checks" in write_report(tmp_path).read_text()
