@@ -264,7 +264,7 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
             summary["stages"].append(entry)
             checkpoint = entry["checkpoint"] or checkpoint
             continue
-        init = _resolve_init(getattr(cfg, "init", ""), checkpoint, summary)
+        init = _resolve_init(getattr(cfg, "init", ""), checkpoint, summary, run.model)
         if init == "tiny" and cfg.kind != "pretrain":
             raise ConfigError(f"{path}: stage '{name}' starts from model 'tiny', which a pretrain stage must build "
                               f"first (add a stage with kind: pretrain, or set model: to a checkpoint)")
@@ -297,10 +297,13 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     return run_dir
 
 
-def _resolve_init(init: str, previous: str, summary: dict) -> str:
-    """A stage starts from an earlier stage (by name), a path or hub id, or by default the previous checkpoint."""
+def _resolve_init(init: str, previous: str, summary: dict, run_model: str) -> str:
+    """A stage starts from an earlier stage (by name), the run's ``model`` (``init: model``; e.g. a distillation
+    student after a data stage), a path or hub id, or by default the previous checkpoint."""
     if not init:
         return previous
+    if init == "model":
+        return run_model
     for entry in summary["stages"]:
         if entry["stage"] == init:
             return entry["checkpoint"]

@@ -91,3 +91,13 @@ def test_from_dict_rejects_bool_for_int_and_accepts_int_for_float():
     assert from_dict(C, {"b": 2}).b == 2.0
     with pytest.raises(ConfigError):
         from_dict(C, {"a": True})
+
+
+def test_stage_init_resolution():
+    from r1lab.pipeline import _resolve_init
+
+    summary = {"stages": [{"stage": "rs", "checkpoint": "runs/x/rs/data.jsonl"}]}
+    assert _resolve_init("", "previous", summary, "student") == "previous"
+    assert _resolve_init("model", "previous", summary, "student") == "student"  # e.g. distillation after a data stage
+    assert _resolve_init("rs", "previous", summary, "student") == "runs/x/rs/data.jsonl"
+    assert _resolve_init("/path/teacher", "previous", summary, "student") == "/path/teacher"
