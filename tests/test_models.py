@@ -81,3 +81,14 @@ def test_load_real_architectures_by_path(tmp_path, arch):
     assert model.config.model_type == arch
     assert tok.padding_side == "left" and tok.pad_token is not None
     assert tok.decode(tok("347+589 so 936")["input_ids"]) == "347+589 so 936"
+
+
+def test_task_word_tokens_only_when_the_corpus_uses_them():
+    from r1lab.tasks import get_task
+    from r1lab.train.pretrain import PretrainConfig, tokenizer_words
+
+    task = get_task("arithmetic", digits=2)
+    assert tokenizer_words(task, PretrainConfig(styles={"worked": 1.0, "plain": 1.0})) is None
+    assert "so" in tokenizer_words(task, PretrainConfig(styles={"worked_mixed": 1.0}))
+    tok = build_tiny_tokenizer(tokenizer_words(task, PretrainConfig(styles={"worked": 1.0})))
+    assert len(tok(" so 126", add_special_tokens=False)["input_ids"]) == 7  # characters, as in the measured demo

@@ -163,6 +163,7 @@ class ArithmeticTask:
                                          "worked_words", "worked_mixed")
     # The tiny tokenizer makes each reasoning word of the worked_words / worked_mixed styles one token.
     extra_tokens: ClassVar[list[str]] = EXTRA_TOKENS
+    word_styles: ClassVar[tuple[str, ...]] = ("worked_words", "worked_mixed")  # the styles that use EXTRA_TOKENS
 
     def __post_init__(self) -> None:
         if not isinstance(self.digits, int) or not 1 <= self.digits <= 12:

@@ -58,9 +58,23 @@ def render_document(template, task, example: dict, rng: random.Random, style: st
     return template.corpus_text(example["prompt"], task.corpus_document(example, rng, style)) + eos
 
 
+def corpus_styles(task, cfg: PretrainConfig) -> dict[str, float]:
+    return cfg.styles or getattr(task, "default_corpus_styles", None) or {s: 1.0 for s in task.styles}
+
+
+def tokenizer_words(task, cfg: PretrainConfig) -> list[str] | None:
+    """Whole-word tokens the task asks for; a task may ask only when its word styles are in the corpus (so that,
+    e.g., "so" stays three characters in a corpus that never uses the reasoning words)."""
+    words = getattr(task, "extra_tokens", None)
+    needs = getattr(task, "word_styles", None)
+    if words and needs is not None and not any(style in needs for style in corpus_styles(task, cfg)):
+        return None
+    return words
+
+
 def build_corpus(task, template, cfg: PretrainConfig, seed: int, eos: str) -> list[str]:
     rng = random.Random(seed)
-    styles = cfg.styles or getattr(task, "default_corpus_styles", None) or {s: 1.0 for s in task.styles}
+    styles = corpus_styles(task, cfg)
     unknown = [s for s in styles if s not in task.styles]
     if unknown:
         raise ValueError(f"corpus style '{unknown[0]}' is not one of task {task.name}'s styles {list(task.styles)}")
@@ -96,7 +110,7 @@ def pretrain(cfg: PretrainConfig, *, task, task_spec: dict, template, template_s
         return cached
 
     torch.manual_seed(seed)
-    tokenizer = build_tiny_tokenizer(getattr(task, "extra_tokens", None))
+    tokenizer = build_tiny_tokenizer(tokenizer_words(task, cfg))
     model = build_tiny_model(tokenizer, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
                              num_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
                              max_positions=max(512, cfg.block_size), seed=seed)
