@@ -6,7 +6,6 @@ and duplicated prompts land on the same side. Every problem in a file is reporte
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -21,47 +20,39 @@ def _read_rows(path: str, prompt_field: str, answer_field: str, default_verifier
             f"JSONL task file not found: {path!r} (resolved to {os.path.abspath(path)}); "
             "relative paths are read from the current directory"
         )
+    from r1lab.data.jsonl import read_jsonl  # here, not at the top: r1lab.data.jsonl imports r1lab.tasks
+
     examples = []
-    with open(path, encoding="utf-8") as file:
-        for line_number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
-            keys = ", ".join(sorted(row)) or "none"
-            if prompt_field not in row:
-                raise ValueError(f"{where}: row has no {prompt_field!r} field (keys: {keys})")
-            if answer_field not in row:
-                raise ValueError(f"{where}: row has no {answer_field!r} field (keys: {keys})")
-            prompt, answer = row[prompt_field], row[answer_field]
-            if not isinstance(prompt, str):
-                raise ValueError(f"{where}: {prompt_field!r} must be a string, got {type(prompt).__name__}")
-            # Numeric answers are common (GSM8K-style files); they are compared as text or numbers anyway.
-            if isinstance(answer, (int, float)) and not isinstance(answer, bool):
-                answer = str(answer)
-            if not isinstance(answer, str):
-                raise ValueError(
-                    f"{where}: {answer_field!r} must be a string or a number, got {type(answer).__name__}"
-                )
-            # Extra fields stay (a countdown row needs "numbers" and "target"); a row may name its own verifier.
-            example = {**row, "prompt": prompt, "answer": answer, "verifier": row.get("verifier", default_verifier)}
-            verifier = example["verifier"]
-            if verifier not in VERIFIERS:
-                known = ", ".join(sorted(VERIFIERS))
-                raise ValueError(f"{where}: unknown verifier {verifier!r}; known verifiers: {known}")
-            # A reference the verifier rejects would make every completion score 0 without any sign of why.
-            try:
-                accepted = verify(answer, example)
-            except (KeyError, TypeError, ValueError) as error:
-                raise ValueError(f"{where}: the {verifier!r} verifier cannot check this row: {error}") from None
-            if not accepted:
-                raise ValueError(f"{where}: the reference answer {answer!r} does not pass its own {verifier!r} verifier")
-            examples.append(example)
+    for where, row in read_jsonl(path):  # malformed lines and empty files are errors naming file:line
+        keys = ", ".join(sorted(row)) or "none"
+        if prompt_field not in row:
+            raise ValueError(f"{where}: row has no {prompt_field!r} field (keys: {keys})")
+        if answer_field not in row:
+            raise ValueError(f"{where}: row has no {answer_field!r} field (keys: {keys})")
+        prompt, answer = row[prompt_field], row[answer_field]
+        if not isinstance(prompt, str):
+            raise ValueError(f"{where}: {prompt_field!r} must be a string, got {type(prompt).__name__}")
+        # Numeric answers are common (GSM8K-style files); they are compared as text or numbers anyway.
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)
+        if not isinstance(answer, str):
+            raise ValueError(
+                f"{where}: {answer_field!r} must be a string or a number, got {type(answer).__name__}"
+            )
+        # Extra fields stay (a countdown row needs "numbers" and "target"); a row may name its own verifier.
+        example = {**row, "prompt": prompt, "answer": answer, "verifier": row.get("verifier", default_verifier)}
+        verifier = example["verifier"]
+        if verifier not in VERIFIERS:
+            known = ", ".join(sorted(VERIFIERS))
+            raise ValueError(f"{where}: unknown verifier {verifier!r}; known verifiers: {known}")
+        # A reference the verifier rejects would make every completion score 0 without any sign of why.
+        try:
+            accepted = verify(answer, example)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{where}: the {verifier!r} verifier cannot check this row: {error}") from None
+        if not accepted:
+            raise ValueError(f"{where}: the reference answer {answer!r} does not pass its own {verifier!r} verifier")
+        examples.append(example)
     if not examples:
         raise ValueError(f"{path}: the file has no rows")
     return examples
