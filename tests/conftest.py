@@ -25,3 +25,14 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny random model with the embedded tokenizer, saved once for the tests that need a checkpoint (read-only)."""
+    from r1lab.models import build_tiny_model, build_tiny_tokenizer, save_model
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    tok = build_tiny_tokenizer()
+    save_model(build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, path)
+    return path

@@ -62,16 +62,6 @@ def test_every_tiny_recipe_runs_through_the_cli(recipe, tmp_path):
     assert again.returncode == 0 and "already done" in again.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from r1lab.models import build_tiny_model, build_tiny_tokenizer, save_model
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    tok = build_tiny_tokenizer()
-    save_model(build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, path)
-    return path
-
-
 def grpo_recipe(tmp_path, model, *, rewards=None, max_new_tokens=12, task=None):
     recipe = {
         "name": "bad", "output_dir": str(tmp_path / "runs"), "model": str(model),

@@ -16,25 +16,6 @@ from r1lab.templates import PromptTemplate, TemplateConfig
 from r1lab.train.dpo import dpo_step, encode_pairs, pair_logprobs, reference_logprobs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread: on two busy cores, thread hand-offs cost more than the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from r1lab.models import build_tiny_model, build_tiny_tokenizer, save_model
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    tok = build_tiny_tokenizer()
-    save_model(build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, path)
-    return path
-
-
 def toy_pairs(n=8):
     """The right answer is chosen, a wrong one of another length rejected."""
     return [{"prompt": f"{i}+1", "chosen": f"<think>{i}+1={i + 1}</think> <answer>{i + 1}</answer>",

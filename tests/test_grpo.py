@@ -22,16 +22,6 @@ def bomb(completion, example):
 '''
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from r1lab.models import build_tiny_model, build_tiny_tokenizer, save_model
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    tok = build_tiny_tokenizer()
-    save_model(build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, path)
-    return path
-
-
 def recipe(tmp_path, model, name, **grpo):
     bomb = tmp_path / "bomb.py"
     bomb.write_text(BOMB)

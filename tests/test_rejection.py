@@ -18,16 +18,6 @@ from r1lab.tasks.arithmetic import ArithmeticTask
 from r1lab.templates import PromptTemplate, TemplateConfig
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from r1lab.models import build_tiny_model, build_tiny_tokenizer, save_model
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    tok = build_tiny_tokenizer()
-    save_model(build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, path)
-    return path
-
-
 class ScriptedEngine:
     """Returns hand-written completions: ``scripts[prompt]`` is the list of n completions for that prompt."""
 

@@ -19,25 +19,6 @@ from r1lab.train.sft import SFTConfig, encode_sft_examples, micro_batches, split
 COMPLETION = "<think>7+1=8</think> <answer>8</answer>"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread: on two busy cores, thread hand-offs cost more than the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from r1lab.models import build_tiny_model, build_tiny_tokenizer, save_model
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    tok = build_tiny_tokenizer()
-    save_model(build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, path)
-    return path
-
-
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
