@@ -105,7 +105,8 @@ def cons_at_k(answers: list[list[str | None]], correct: list[list[bool]]) -> flo
 def summarize_samples(records: list[dict]) -> dict:
     """Aggregate graded samples into the numbers an evaluation reports.
 
-    Each record: {"problem", "answer", "correct", "format", "length", "truncated"}.
+    Each record: {"problem", "answer", "correct", "format", "length", "truncated"}, optionally "language" (the
+    share of the chain of thought's words in the target language, None when no word counts).
     Every problem must have the same number of samples k, otherwise cons@k and
     pass@1 would not mean the same thing across problems.
     """
@@ -130,7 +131,19 @@ def summarize_samples(records: list[dict]) -> dict:
         "format_rate": round(fmean(bool(r["format"]) for r in records), 4),
         "length_mean": round(fmean(r["length"] for r in records), 4),
         "truncated_rate": round(fmean(bool(r["truncated"]) for r in records), 4),
+        **language_summary([r.get("language") for r in records]),
     }
+
+
+def language_summary(shares: list[float | None]) -> dict:
+    """language_consistency: mean share of chain-of-thought words in the target language over the completions
+    that have words that count; language_mixed_rate: the share of those completions with any word of another
+    language. Both None when no completion has a word that counts (a task without reasoning words)."""
+    counted = [share for share in shares if share is not None]
+    if not counted:
+        return {"language_consistency": None, "language_mixed_rate": None}
+    return {"language_consistency": round(fmean(counted), 4),
+            "language_mixed_rate": round(fmean(share < 1.0 for share in counted), 4)}
 
 
 # --- running a model ---
@@ -147,6 +160,7 @@ def evaluate_model(engine, task, template, *, num_problems: int, k: int, tempera
 
     from r1lab.engine import SamplingParams
     from r1lab.rewards import extract_answer, format_reward
+    from r1lab.rewards.language import language_consistency_reward
     from r1lab.tasks import verify
 
     examples = task.examples(split, num_problems, seed=seed)
@@ -161,7 +175,8 @@ def evaluate_model(engine, task, template, *, num_problems: int, k: int, tempera
             correct = verify(answer, example)
             records.append({"problem": problem, "answer": answer, "correct": correct,
                             "format": format_reward(response, example) == 1.0,
-                            "length": len(generation.completion_ids), "truncated": generation.truncated})
+                            "length": len(generation.completion_ids), "truncated": generation.truncated,
+                            "language": language_consistency_reward(response, example)})
             if samples_path is not None:
                 lines.append(json.dumps({"problem": problem, "prompt": example["prompt"], "completion": response,
                                          "reference": example["answer"], "answer": answer, "correct": correct}))

@@ -23,6 +23,7 @@ from r1lab.checkpoint import atomic_dir, atomic_write_json, seed_everything
 from r1lab.config import ConfigError, apply_overrides, doc, from_dict, read_yaml, to_dict
 from r1lab.lora import LoraConfig
 from r1lab.models import load_model, resolve_device, save_model
+from r1lab.tasks import TaskConfig
 from r1lab.templates import PromptTemplate, TemplateConfig
 from r1lab.train import dpo, grpo, ppo, pretrain, reward_model, sft
 from r1lab.train.grpo import GRPOConfig
@@ -30,7 +31,9 @@ from r1lab.train.ppo import PPOConfig
 from r1lab.train.pretrain import PretrainConfig
 from r1lab.train.dpo import DPOConfig
 from r1lab.train.reward_model import RewardModelConfig
-from r1lab.train import rejection_sampling
+from r1lab.train import cold_start, preference_pairs, rejection_sampling
+from r1lab.train.cold_start import ColdStartConfig
+from r1lab.train.preference_pairs import PreferencePairsConfig
 from r1lab.train.rejection_sampling import RejectionSamplingConfig
 from r1lab.train.sft import SFTConfig
 
@@ -45,14 +48,12 @@ STAGES: dict[str, tuple[type, Callable]] = {
     "reward_model": (RewardModelConfig, reward_model.train),
     "dpo": (DPOConfig, dpo.train),
     "rejection_sampling": (RejectionSamplingConfig, rejection_sampling.run_stage),
+    "cold_start": (ColdStartConfig, cold_start.run_stage),
+    "preference_pairs": (PreferencePairsConfig, preference_pairs.run_stage),
 }
+# Stages whose output is a data file (their done.json "checkpoint"), read by later stages with data: <stage name>.
+DATA_STAGE_KINDS = ("cold_start", "rejection_sampling", "preference_pairs")
 STAGE_KINDS: dict[str, type] = {kind: cls for kind, (cls, _) in STAGES.items()}
-
-
-@dataclass
-class TaskConfig:
-    name: str = doc("arithmetic", "Task: arithmetic, countdown, jsonl (see r1lab.tasks).")
-    options: dict[str, Any] = doc({}, "Task options, e.g. {digits: 3} or {train_path: data.jsonl}.")
 
 
 @dataclass
@@ -182,6 +183,27 @@ class StageContext:
     def progress(self, done: int, total: int, text: str) -> None:
         self.console.progress(self.name, done, total, text)
 
+    def checkpoint_of(self, ref: str) -> str:
+        """What an earlier stage of this run produced (by name), the run's model for "model", else ``ref`` itself
+        (a path or hub id)."""
+        if ref == "model":
+            return self.run.model
+        done = self.run_dir / ref / "done.json"
+        if ref and done.is_file():
+            return json.loads(done.read_text())["checkpoint"]
+        return ref
+
+    def prompt_task(self, override: TaskConfig):
+        """The task a stage draws its training prompts from: ``override`` when it names one, else the run's task."""
+        if not override.name:
+            return self.task
+        from r1lab.tasks import get_task
+
+        try:
+            return get_task(override.name, **override.options)
+        except (TypeError, ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"stage '{self.name}': task: {err}") from err
+
     def quick_eval(self, engine, step: int) -> dict:
         from r1lab.evaluate import evaluate_model
 
@@ -262,9 +284,14 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
             entry = json.loads(done_file.read_text())
             console.print(f"[{name}] already done, skipping (checkpoint {entry['checkpoint']})")
             summary["stages"].append(entry)
-            checkpoint = entry["checkpoint"] or checkpoint
+            if entry["kind"] not in DATA_STAGE_KINDS:
+                checkpoint = entry["checkpoint"] or checkpoint
             continue
         init = _resolve_init(getattr(cfg, "init", ""), checkpoint, summary, run.model)
+        _resolve_reward_models(cfg, summary, run_dir)
+        if os.path.isfile(init):
+            raise ConfigError(f"{path}: stage '{name}' init: {getattr(cfg, 'init', '')!r} is the data file {init}, "
+                              f"not a model; read data with data: and start from a model stage with init:")
         if init == "tiny" and cfg.kind != "pretrain":
             raise ConfigError(f"{path}: stage '{name}' starts from model 'tiny', which a pretrain stage must build "
                               f"first (add a stage with kind: pretrain, or set model: to a checkpoint)")
@@ -273,7 +300,9 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
         seed_everything(run.seed)
         ctx = StageContext(run=run, name=name, run_dir=run_dir, stage_dir=stage_dir, init_checkpoint=init,
                            task=task, template=None, device=device, console=console)
-        checkpoint = str(STAGES[cfg.kind][1](cfg, ctx))
+        output = str(STAGES[cfg.kind][1](cfg, ctx))
+        if cfg.kind not in DATA_STAGE_KINDS:  # a data set is not a model: the next stage's default init skips it
+            checkpoint = output
         evaluation = None
         if cfg.eval:
             console.print(f"[{name}] evaluating {checkpoint} on {run.eval.num_problems} held-out problems, "
@@ -284,7 +313,9 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
                           f"length {evaluation['length_mean']:.1f}")
             ctx.log_metrics(getattr(cfg, "steps", 0), {f"final_eval/{k}": v for k, v in evaluation.items()
                                                         if isinstance(v, (int, float))})
-        entry = _stage_entry(name, cfg.kind, checkpoint, evaluation, time.time() - started)
+        entry = _stage_entry(name, cfg.kind, output, evaluation, time.time() - started)
+        if (stage_dir / "stats.json").is_file():  # a data stage: the size of what it wrote goes in the summary
+            entry["data"] = json.loads((stage_dir / "stats.json").read_text())
         if ctx.warnings:
             entry["warnings"] = ctx.warnings[:20]
         atomic_write_json(done_file, entry)
@@ -297,9 +328,25 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     return run_dir
 
 
+def _resolve_reward_models(cfg, summary: dict, run_dir: Path) -> None:
+    """'reward_model:<stage>' in a stage's rewards names the reward model an earlier reward_model stage trained."""
+    trained = {e["stage"]: run_dir / e["stage"] / "final" for e in summary["stages"] if e["kind"] == "reward_model"}
+    prefix = "reward_model:"
+
+    def resolve(weights: dict[str, float]) -> dict[str, float]:
+        return {(f"{prefix}{trained[spec[len(prefix):]]}" if spec.startswith(prefix) and spec[len(prefix):] in trained
+                 else spec): weight for spec, weight in weights.items()}
+
+    if hasattr(cfg, "rewards"):
+        cfg.rewards = resolve(cfg.rewards)
+    if hasattr(cfg, "rewards_by_task"):
+        cfg.rewards_by_task = {task: resolve(weights) for task, weights in cfg.rewards_by_task.items()}
+
+
 def _resolve_init(init: str, previous: str, summary: dict, run_model: str) -> str:
     """A stage starts from an earlier stage (by name), the run's ``model`` (``init: model``; e.g. a distillation
-    student after a data stage), a path or hub id, or by default the previous checkpoint."""
+    student after a data stage), a path or hub id, or by default the last model an earlier stage produced (data
+    stages are skipped)."""
     if not init:
         return previous
     if init == "model":

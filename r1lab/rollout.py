@@ -28,17 +28,18 @@ class Rollout:
 
 
 def collect_rollout(engine, template, examples: list[dict], group_size: int, params: SamplingParams,
-                    reward_weights: dict[str, float], pad_id: int, *, mask_truncated: bool = False) -> Rollout:
+                    reward_weights: dict[str, float], pad_id: int, *, mask_truncated: bool = False,
+                    rewards_by_task: dict[str, dict[str, float]] | None = None) -> Rollout:
     """Sample ``group_size`` completions per example and score them.
 
     ``mask_truncated``: completions cut at max_new_tokens get no loss (DAPO's overlong filtering), so the policy is
-    not pushed toward or away from an answer it never finished.
+    not pushed toward or away from an answer it never finished. ``rewards_by_task``: see ``score_completions``.
     """
     groups = engine.generate([template.render(ex["prompt"]) for ex in examples], group_size, params)
     generations = [g for group in groups for g in group]
     flat_examples = [ex for ex in examples for _ in range(group_size)]
     responses = [template.prefill + g.text for g in generations]
-    scores = score_completions(responses, flat_examples, reward_weights)
+    scores = score_completions(responses, flat_examples, reward_weights, rewards_by_task)
     batch = make_batch([g.prompt_ids for g in generations], [g.completion_ids for g in generations], pad_id)
     if mask_truncated:
         keep = torch.tensor([0.0 if g.truncated else 1.0 for g in generations])
@@ -98,8 +99,23 @@ def rollout_metrics(rollout: Rollout) -> dict:
     ordered = sorted(lengths)
     for q in (10, 50, 90):
         metrics[f"completion/length_p{q}"] = _percentile(ordered, q)
+    metrics.update(task_accuracy_metrics(rollout))
     metrics.update(check_metrics(rollout))
     return metrics
+
+
+def task_accuracy_metrics(rollout: Rollout) -> dict:
+    """accuracy/task_<name> per source task when a rollout mixes tasks (all-scenario RL); empty otherwise.
+    Verified by each example's verifier whatever the rewards were (a reward model scores domain prompts)."""
+    from r1lab.rewards import extract_answer
+    from r1lab.tasks import verify
+
+    by_task: dict[str, list[bool]] = {}
+    for example, response in zip(rollout.examples, rollout.responses):
+        by_task.setdefault(str(example.get("task")), []).append(bool(verify(extract_answer(response), example)))
+    if len(by_task) < 2:
+        return {}
+    return {f"accuracy/task_{name}": statistics.fmean(flags) for name, flags in sorted(by_task.items())}
 
 
 def _percentile(ordered: list[float], q: float) -> float:

@@ -88,13 +88,37 @@ def test_extra_tokens_make_each_integer_one_token():
     from r1lab.models import build_tiny_tokenizer
 
     task = _task(max_number=4, max_target=20)
-    assert task.extra_tokens[:3] == ["0", "1", "2"] and task.extra_tokens[-1] == str(4**3 + 20)
-    assert _task(int_tokens=False).extra_tokens is None
+    assert task.extra_tokens[:6] == ["target", "ok", "no", "0", "1", "2"]
+    assert task.extra_tokens[-1] == str(4**3 + 20)
+    assert _task(int_tokens=False).extra_tokens == ["target", "ok", "no"]
     tokenizer = build_tiny_tokenizer(task.extra_tokens)
-    text = "target 22 3*5+7=22 22-22=0 ok"
+    text = "target 22 3*5+7=15+7=22 22-22=0 ok"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     pieces = [tokenizer.decode([i]) for i in ids]
-    assert pieces.count("22") == 4 and tokenizer.decode(ids) == text
+    assert pieces.count("22") == 4 and "target" in pieces and "ok" in pieces and tokenizer.decode(ids) == text
+
+
+@pytest.mark.parametrize("expression, chain", [
+    ("3*5+7", ["3*5+7", "15+7", "22"]),
+    ("4*(4+4)", ["4*(4+4)", "4*8", "32"]),
+    ("1-5+2", ["1-5+2", "-4+2", "-2"]),  # a negative number on the left needs no parentheses
+    ("3-(1-5)", ["3-(1-5)", "3-(-4)", "7"]),  # on the right it does
+    ("9-(2+3)", ["9-(2+3)", "9-5", "4"]),
+    ("2*3*4", ["2*3*4", "6*4", "24"]),
+])
+def test_evaluation_chain_one_operation_at_a_time(expression, chain):
+    from r1lab.tasks.countdown_checks import evaluation_chain
+
+    assert evaluation_chain(expression) == chain
+    assert all(eval(step) == eval(expression) for step in chain)  # each rewrite keeps the value
+
+
+def test_stepwise_off_writes_the_value_at_once():
+    ex = {**EX}
+    assert _task().written("3*5+7", 22) == "3*5+7=15+7=22"
+    assert _task(stepwise=False).written("3*5+7", 22) == "3*5+7=22"
+    doc = _task(stepwise=False).corpus_document(ex, random.Random(0), "guess")
+    assert "=" in doc and doc.count("=") == 1
 
 
 # --- parsing checks ---
@@ -102,6 +126,9 @@ def test_extra_tokens_make_each_integer_one_token():
 
 @pytest.mark.parametrize("completion, expected, revisions", [
     ("<think>target 22 3+5+7=15 15-22=-7 no 3*5+7=22 22-22=0 ok</think><answer>3*5+7</answer>",
+     [("3+5+7", "15", 15, "no", True, False), ("3*5+7", "22", 22, "ok", True, True)], 1),
+    # evaluated one operation at a time: the first expression is the candidate, the last number its value
+    ("<think>target 22 3+5+7=8+7=15 15-22=-7 no 3*5+7=15+7=22 22-22=0 ok</think><answer>3*5+7</answer>",
      [("3+5+7", "15", 15, "no", True, False), ("3*5+7", "22", 22, "ok", True, True)], 1),
     # the old countdown corpus form (no difference)
     ("<think>3*5+7=22 ok</think><answer>3*5+7</answer>", [("3*5+7", "22", 22, "ok", True, True)], 0),

@@ -134,9 +134,18 @@ def test_summarize_samples_hand_computed():
         "format_rate": round(5 / 6, 4),
         "length_mean": round(800 / 6, 4),
         "truncated_rate": round(1 / 6, 4),
+        "language_consistency": None,  # no record has words that count
+        "language_mixed_rate": None,
     }
     assert summary["format_rate"] == 0.8333
     assert summary["length_mean"] == 133.3333
+
+
+def test_summarize_samples_language_mix():
+    records = [{**_record(0, "1", True), "language": share} for share in (1.0, 0.5, None, 0.75)]
+    summary = summarize_samples(records)
+    assert summary["language_consistency"] == round((1.0 + 0.5 + 0.75) / 3, 4)  # None (no counted word) left out
+    assert summary["language_mixed_rate"] == round(2 / 3, 4)
 
 
 def test_summarize_samples_string_problem_ids():

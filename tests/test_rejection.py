@@ -9,6 +9,7 @@ import yaml
 
 from r1lab.data.cold_start import cold_start_from_outputs, few_shot_long_cot, rewrite_with_summary
 from r1lab.data.domain import domain_examples
+from r1lab.rewards import format_reward
 from r1lab.data.filters import deduplicate, has_code_block, has_overlong_paragraph, is_mixed_language
 from r1lab.data.rejection import ReadabilityFilters, readability_problem, rejection_sample
 from r1lab.engine import SamplingParams
@@ -87,9 +88,9 @@ def test_a_judge_replaces_the_rule_verifier():
 
 
 def test_domain_examples_are_in_the_r1_format_and_right():
-    rows = domain_examples(6, seed=1)
-    assert [r["source"]["kind"] for r in rows[:3]] == ["uppercase", "reverse_words", "count_letters"]
-    assert domain_examples(6, seed=1) == rows
+    rows = domain_examples(30, seed=1)
+    assert {r["source"]["kind"] for r in rows} == {"uppercase", "reverse_words", "count_letters"}
+    assert domain_examples(30, seed=1) == rows
     for row in rows:
         assert row["completion"].startswith("<think>") and extract_answer(row["completion"]) == row["answer"]
         text = row["prompt"].split(": ", 1)[1]
@@ -102,12 +103,13 @@ def test_domain_examples_are_in_the_r1_format_and_right():
 
 def test_cold_start_rewrites_as_reasoning_then_summary():
     assert rewrite_with_summary(" <think> sum 1+2=3 so 3 </think><answer>3</answer>") == (
-        "<think>sum 1+2=3 so 3</think> In short, the answer is 3. <answer>3</answer>")
+        "<think>sum 1+2=3 so 3 In short, the answer is 3.</think><answer>3</answer>")
     assert rewrite_with_summary("<answer>3</answer>") is None
     rows = cold_start_from_outputs([{"prompt": "1+2", "completion": GOOD, "answer": "3", "source": {"stage": "zero"}},
                                     {"prompt": "1+1", "completion": "no tags", "answer": "2"}])
     assert len(rows) == 1 and rows[0]["source"] == {"stage": "zero", "rewritten": "reasoning_then_summary"}
     assert verify(extract_answer(rows[0]["completion"]), {"answer": "3", "verifier": "integer"})
+    assert format_reward(rows[0]["completion"], {}) == 1.0  # the summary keeps the format RL rewards later
 
 
 def test_few_shot_long_cot_puts_k_worked_examples_before_the_question():

@@ -1,8 +1,8 @@
 """Cold-start data (DeepSeek-R1 §2.3.1): a few readable long-CoT examples before reasoning RL.
 
 Two sources, both kept only when correct (and, for model outputs, readable; see r1lab.data.rejection):
-- R1-Zero outputs, rewritten in the R1 output format "reasoning, then a summary": the think block, a one-sentence
-  summary, then the answer block (``rewrite_with_summary``).
+- R1-Zero outputs, rewritten in the R1 output format "reasoning, then a summary": the reasoning, a one-sentence
+  summary closing the think block, then the answer block (``rewrite_with_summary``).
 - few-shot prompting of a base model with k worked long-CoT examples before the question (``few_shot_long_cot``).
 
 Deviation: R1 also prompted for reflection and verification and had people clean the outputs; here the summary is
@@ -20,15 +20,16 @@ from r1lab.rewards.language import think_text
 
 
 def rewrite_with_summary(completion: str) -> str | None:
-    """``<think>R</think> In short, the answer is A. <answer>A</answer>``; None without a think or answer block.
+    """``<think>R In short, the answer is A.</think><answer>A</answer>``; None without a think or answer block.
 
-    The summary sits between the blocks as in R1's "|reasoning|summary" format, so the strict ``format`` reward
-    scores these rows 0; recipes that also use that reward should train on the rows before RL adds it back.
+    R1's readable format is "reasoning, then a summary". The summary closes the think block rather than standing
+    between the blocks, so that the rows still earn the strict ``format`` reward that the RL stages after the cold
+    start use (a summary between the blocks would teach a format that reward scores 0).
     """
     thought, answer = think_text(completion), extract_answer(completion)
     if thought is None or answer is None:
         return None
-    return f"<think>{thought.strip()}</think> In short, the answer is {answer}. <answer>{answer}</answer>"
+    return f"<think>{thought.strip()} In short, the answer is {answer}.</think><answer>{answer}</answer>"
 
 
 def cold_start_from_outputs(rows: list[dict]) -> list[dict]:

@@ -36,18 +36,30 @@ def _warn_once(spec: str, message: str, *args, exc_info: BaseException | None = 
     )
 
 
-def score_completions(completions: list[str], examples: list[dict], rewards: dict[str, float]) -> ScoreResult:
-    """Score each completion against its example with every reward spec, weighted by `rewards[spec]`."""
+def score_completions(completions: list[str], examples: list[dict], rewards: dict[str, float],
+                      rewards_by_task: dict[str, dict[str, float]] | None = None) -> ScoreResult:
+    """Score each completion against its example with every reward spec, weighted by `rewards[spec]`.
+
+    `rewards_by_task`: examples whose "task" field is a key here are scored with that reward set instead (R1's
+    all-scenario RL: rule rewards for reasoning prompts, a reward model for general ones); a reward outside an
+    example's set is None for it.
+    """
     if len(completions) != len(examples):
         raise ValueError(f"{len(completions)} completions but {len(examples)} examples; they must pair up")
-    functions = {spec: get_reward(spec) for spec in rewards}
+    by_task = rewards_by_task or {}
+    weight_sets = [by_task.get(example.get("task"), rewards) for example in examples]
+    specs = list(dict.fromkeys([*rewards, *(spec for weights in by_task.values() for spec in weights)]))
+    functions = {spec: get_reward(spec) for spec in specs}
     total = [0.0] * len(completions)
     per_reward: dict[str, list[float | None]] = {}
     errors: dict[str, int] = {}
-    for spec, weight in rewards.items():
+    for spec in specs:
         values: list[float | None] = []
         failures = 0
         for index, (completion, example) in enumerate(zip(completions, examples)):
+            if spec not in weight_sets[index]:
+                values.append(None)
+                continue
             try:
                 value = functions[spec](completion, example)
             except Exception as error:
@@ -70,7 +82,7 @@ def score_completions(completions: list[str], examples: list[dict], rewards: dic
                 values.append(None)
                 continue
             values.append(value)
-            total[index] += weight * value
+            total[index] += weight_sets[index][spec] * value
         per_reward[spec] = values
         errors[spec] = failures
     return ScoreResult(total=total, per_reward=per_reward, errors=errors)

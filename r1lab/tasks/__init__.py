@@ -11,11 +11,17 @@ get_task("reasoning_gym", name="basic_arithmetic").
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from r1lab.config import doc
 
 from r1lab.tasks.arithmetic import ArithmeticTask
 from r1lab.tasks.countdown import CountdownTask
 from r1lab.tasks.countdown_checks import CountdownChecksTask
 from r1lab.tasks.datasets import DatasetTask, ReasoningGymTask, reasoning_gym_verifier
+from r1lab.tasks.domain import DomainTask
+from r1lab.tasks.mixture import MixtureTask
 from r1lab.tasks.jsonl import JsonlTask
 from r1lab.tasks.verifiers import VERIFIERS, verify
 from r1lab.tasks.verifiers_math import math_verifier, multiple_choice_verifier
@@ -34,6 +40,16 @@ VERIFIERS.update({"math": math_verifier, "multiple_choice": multiple_choice_veri
 TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "jsonl": JsonlTask, "dataset": DatasetTask,
          "reasoning_gym": ReasoningGymTask}
 TASKS["countdown_checks"] = CountdownChecksTask
+TASKS["domain"] = DomainTask
+
+TASKS["mixture"] = MixtureTask
+
+
+@dataclass
+class TaskConfig:
+    name: str = doc("arithmetic", "Task: arithmetic, countdown, countdown_checks, domain, mixture, jsonl, dataset, "
+                                  "reasoning_gym (see r1lab.tasks).")
+    options: dict[str, Any] = doc({}, "Task options, e.g. {digits: 3} or {train_path: data.jsonl}.")
 
 
 def get_task(name: str, /, **options):
@@ -48,5 +64,5 @@ def get_task(name: str, /, **options):
     return task_class(**options)
 
 
-__all__ = ["TASKS", "VERIFIERS", "ArithmeticTask", "CountdownTask", "DatasetTask", "JsonlTask", "ReasoningGymTask",
+__all__ = ["TASKS", "TaskConfig", "VERIFIERS", "ArithmeticTask", "CountdownTask", "DatasetTask", "JsonlTask", "ReasoningGymTask",
            "get_task", "verify"]

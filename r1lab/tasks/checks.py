@@ -2,7 +2,8 @@
 
 A completion's reasoning is read word by word:
 
-- a candidate is a word ``EXPR=VALUE`` ("3*5+7=22");
+- a candidate is a word ``EXPR=VALUE`` ("3*5+7=22"), or ``EXPR=...=VALUE`` evaluated one operation at a time
+  ("3*5+7=15+7=22"): the first expression is the candidate, the last number the value it claims;
 - right after a candidate, a word ``A-B=D`` whose A is the claimed value or whose B is the target is its written
   difference to the target ("22-22=0"), not a new candidate;
 - a word "ok" or "no" marks the latest unmarked candidate: that candidate is a check.
@@ -20,7 +21,7 @@ from typing import NamedTuple
 
 from r1lab.tasks.countdown import countdown_verifier, evaluate_countdown_expression
 
-_CANDIDATE = re.compile(r"^([0-9+\-*/()]*[0-9)])=(-?\d+(?:/\d+)?)$")
+_CANDIDATE = re.compile(r"^([0-9+\-*/()]*[0-9)])(?:=[0-9+\-*/()]*[0-9)])*=(-?\d+(?:/\d+)?)$")
 _DIFFERENCE = re.compile(r"^(-?\d+)-(-?\d+)=(-?\d+)$")
 _MARKS = ("ok", "no")
 CHECK_TASKS = ("countdown", "countdown_checks")  # example["task"] values whose completions are read for checks

@@ -36,6 +36,7 @@ from r1lab.logprobs import completion_logprobs
 from r1lab.models import load_model, peak_memory
 from r1lab.losses import grpo_loss
 from r1lab.rollout import collect_rollout, concat_rollouts, rollout_metrics, sample_lines, select_groups
+from r1lab.tasks import TaskConfig
 
 
 @dataclass
@@ -70,6 +71,13 @@ class GRPOConfig:
     dynamic_sampling_rounds: int = doc(3, "Extra rollouts at most per step when refilling with dynamic sampling.")
     rewards: dict[str, float] = doc({"accuracy": 1.0, "format": 0.1},
                                     "Reward name, module:function or file.py:function -> weight.")
+    rewards_by_task: dict[str, dict[str, float]] = doc(
+        {}, "Per source task (an example's 'task' field), a reward set used instead of `rewards`, e.g. "
+            "{domain: {'reward_model:rm': 1.0}} (R1's all-scenario RL; 'reward_model:<stage>' names a reward_model "
+            "stage of this run).")
+    task: TaskConfig = doc(TaskConfig(name=""), "Training prompts from this task instead of the run's (empty name: "
+                                                "the run's), e.g. a mixture of reasoning and domain prompts; "
+                                                "evaluation stays on the run's task.")
     eval_every: int = doc(25, "Quick held-out evaluation every N steps (0: only at the end).")
     save_every: int = doc(50, "Save a resumable checkpoint every N steps (0: only at the end).")
     log_samples: int = doc(4, "Completions written to samples.jsonl per logged step.")
@@ -125,7 +133,7 @@ def train(cfg: GRPOConfig, ctx) -> str:
     pad_id = tokenizer.pad_token_id
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                             max_new_tokens=cfg.max_new_tokens)
-    train_pool = ctx.task.examples("train", max(4096, cfg.prompts_per_step * 64), seed=ctx.run.seed)
+    train_pool = ctx.prompt_task(cfg.task).examples("train", max(4096, cfg.prompts_per_step * 64), seed=ctx.run.seed)
     device = ctx.device
     if start_step == 0 and cfg.eval_every:
         ctx.quick_eval(engine, step=0)
@@ -140,7 +148,8 @@ def train(cfg: GRPOConfig, ctx) -> str:
             index = torch.randint(len(train_pool), (cfg.prompts_per_step,), generator=rng).tolist()
             params.seed = ctx.run.seed * 7919 + step * 101 + rounds
             part = collect_rollout(engine, ctx.template, [train_pool[i] for i in index], cfg.group_size, params,
-                                   cfg.rewards, pad_id, mask_truncated=cfg.mask_truncated)
+                                   cfg.rewards, pad_id, mask_truncated=cfg.mask_truncated,
+                                   rewards_by_task=cfg.rewards_by_task)
             if cfg.dynamic_sampling:
                 part = select_groups(part, ~zero_spread_groups(part.rewards, cfg.group_size))
             parts.append(part)

@@ -47,6 +47,7 @@ from r1lab.logprobs import completion_logprobs
 from r1lab.losses import kl_penalty, masked_mean, ppo_policy_loss, value_loss
 from r1lab.models import load_model
 from r1lab.rollout import collect_rollout, rollout_metrics, sample_lines
+from r1lab.tasks import TaskConfig
 from r1lab.train.grpo import lr_lambda
 from r1lab.value_model import HEAD_FILE, init_value_model
 
@@ -92,6 +93,13 @@ class PPOConfig:
     mask_truncated: bool = doc(False, "No loss on completions cut at max_new_tokens.")
     rewards: dict[str, float] = doc({"accuracy": 1.0, "format": 0.1},
                                     "Reward name, module:function or file.py:function -> weight (the outcome score).")
+    rewards_by_task: dict[str, dict[str, float]] = doc(
+        {}, "Per source task (an example's 'task' field), a reward set used instead of `rewards`, e.g. "
+            "{domain: {'reward_model:rm': 1.0}} (R1's all-scenario RL; 'reward_model:<stage>' names a reward_model "
+            "stage of this run).")
+    task: TaskConfig = doc(TaskConfig(name=""), "Training prompts from this task instead of the run's (empty name: "
+                                                "the run's), e.g. a mixture of reasoning and domain prompts; "
+                                                "evaluation stays on the run's task.")
     eval_every: int = doc(25, "Quick held-out evaluation every N steps (0: only at the end).")
     save_every: int = doc(50, "Save a resumable checkpoint (policy, value model, optimizer) every N steps (0: end).")
     log_samples: int = doc(4, "Completions written to samples.jsonl per logged step.")
@@ -203,7 +211,7 @@ def train(cfg: PPOConfig, ctx) -> str:
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                             max_new_tokens=cfg.max_new_tokens)
     # same pool and per-step draws as GRPO, so both algorithms see the same problems at every step
-    train_pool = ctx.task.examples("train", max(4096, cfg.prompts_per_step * 64), seed=ctx.run.seed)
+    train_pool = ctx.prompt_task(cfg.task).examples("train", max(4096, cfg.prompts_per_step * 64), seed=ctx.run.seed)
     if start_step == 0 and cfg.eval_every:
         ctx.quick_eval(engine, step=0)
 
@@ -220,7 +228,8 @@ def train(cfg: PPOConfig, ctx) -> str:
         index = torch.randint(len(train_pool), (cfg.prompts_per_step,), generator=rng).tolist()
         params.seed = ctx.run.seed * 7919 + step * 101
         rollout = collect_rollout(engine, ctx.template, [train_pool[i] for i in index], cfg.group_size, params,
-                                  cfg.rewards, pad_id, mask_truncated=cfg.mask_truncated)
+                                  cfg.rewards, pad_id, mask_truncated=cfg.mask_truncated,
+                                  rewards_by_task=cfg.rewards_by_task)
         metrics = rollout_metrics(rollout)
         if metrics["completion/truncated_frac"] > cfg.truncation_warning:
             ctx.warn(f"step {step}: {metrics['completion/truncated_frac']:.0%} of completions hit max_new_tokens="

@@ -173,7 +173,11 @@ def load_reward_model(path: str | Path, *, dtype: str = "float32", device: str |
 
 def make_reward_model_reward(path: str | Path, *, device: str = "auto") -> Callable[[str, dict], float]:
     """A reward function ``(completion, example) -> float``: the reward model at ``path`` scores
-    ``example["prompt"]`` and the completion. The model is loaded on the first call and kept."""
+    ``example["prompt"]`` and the completion. The model is loaded on the first call and kept; a folder without a
+    reward model is an error now, not a reward that fails on every completion."""
+    if not (Path(path) / INFO_FILE).is_file():
+        raise FileNotFoundError(f"no reward model at {path} (missing {INFO_FILE}; a reward_model stage writes it to "
+                                f"runs/<run>/<stage>/final; in a recipe, 'reward_model:<stage name>' names it)")
     loaded: list[RewardModel] = []
 
     def reward_model_reward(completion: str, example: dict) -> float:

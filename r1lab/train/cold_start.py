@@ -1,0 +1,101 @@
+"""The ``cold_start`` stage (DeepSeek-R1 §2.3.1): a small set of readable long chain-of-thought rows for SFT.
+
+Two sources, as in R1 (r1lab.data.cold_start):
+- outputs of the stage's init checkpoint (R1-Zero): sampled, kept when correct and readable (no mixed-language
+  chain of thought, no overlong paragraph, no code block; deduplicated), rewritten as reasoning then a summary;
+- few-shot prompting of ``few_shot_from`` (the base model) with ``few_shot_k`` worked long-CoT examples, kept by
+  the same rules;
+- ``written_rows`` rows written by the task's generator in ``few_shot_style``: the stand-in for the examples R1's
+  annotators wrote and post-processed.
+
+It writes ``<stage>/data.jsonl`` (rows with provenance) and ``<stage>/stats.json`` and returns the data file: a later
+``sft`` stage reads it with ``data: <this stage's name>`` and sets ``init:`` to the model it fine-tunes.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from r1lab.checkpoint import atomic_write_json
+from r1lab.config import doc
+from r1lab.data.cold_start import cold_start_from_outputs, few_shot_long_cot
+from r1lab.data.filters import write_jsonl
+from r1lab.data.rejection import ReadabilityFilters, rejection_sample
+from r1lab.engine import SamplingParams, make_engine
+from r1lab.models import load_model
+from r1lab.templates import PromptTemplate
+
+
+@dataclass
+class ColdStartConfig:
+    kind: str = doc("cold_start", "Stage kind: build cold-start SFT data (rewritten R1-Zero outputs, few-shot CoT).")
+    init: str = doc("", "Checkpoint whose outputs are rewritten (R1-Zero): an earlier stage's name, a path or hub id "
+                        "(empty: previous stage).")
+    num_prompts: int = doc(128, "Training prompts sampled from the init checkpoint (0: none).")
+    samples_per_prompt: int = doc(4, "Completions per prompt.")
+    temperature: float = doc(0.7, "Sampling temperature.")
+    top_p: float = doc(0.95, "Nucleus sampling.")
+    max_new_tokens: int = doc(64, "Longest completion.")
+    few_shot_from: str = doc("", "Model prompted few-shot for long chain of thought (a stage name, 'model', a path; "
+                                 "empty: no few-shot rows).")
+    few_shot_prompts: int = doc(0, "Training prompts for few-shot generation.")
+    few_shot_samples: int = doc(2, "Completions per few-shot prompt.")
+    few_shot_k: int = doc(2, "Worked examples in each few-shot prompt.")
+    few_shot_style: str = doc("worked_words", "The task's corpus style the few-shot examples are written in.")
+    written_rows: int = doc(0, "Rows written by the task's generator in few_shot_style (R1's human-written examples).")
+    filters: ReadabilityFilters = doc(ReadabilityFilters(), "Readability filters and deduplication.")
+    output: str = doc("data.jsonl", "File name of the data set inside the stage folder.")
+    eval: bool = doc(False, "The output is a data file, not a model: nothing to evaluate.")
+
+    def __post_init__(self):
+        if min(self.num_prompts, self.few_shot_prompts, self.written_rows) < 0 or self.samples_per_prompt < 1:
+            raise ValueError("num_prompts, few_shot_prompts and written_rows must be >= 0, samples_per_prompt >= 1")
+        if self.few_shot_prompts and not self.few_shot_from:
+            raise ValueError("few_shot_prompts needs few_shot_from: the model to prompt (e.g. the base stage)")
+
+
+def run_stage(cfg: ColdStartConfig, ctx) -> str:
+    """Write the cold-start data set and its stats; returns the data file's path."""
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                            seed=ctx.run.seed)
+    stats: dict = {}
+    rows: list[dict] = []
+    if cfg.num_prompts:
+        model, tokenizer = ctx.load_policy()
+        model.eval()
+        examples = ctx.task.examples("train", cfg.num_prompts, seed=ctx.run.seed)
+        kept, stats["from_outputs"] = rejection_sample(
+            make_engine(ctx.run.engine, model, tokenizer), ctx.task, ctx.template, examples,
+            cfg.samples_per_prompt, params, filters=cfg.filters,
+            provenance={"checkpoint": str(ctx.init_checkpoint), "stage": ctx.name})
+        rows += cold_start_from_outputs(kept)
+        stats["from_outputs"]["rewritten"] = len(rows)
+    if cfg.few_shot_prompts:
+        source = ctx.checkpoint_of(cfg.few_shot_from)
+        model, tokenizer = load_model(source, dtype=ctx.run.dtype, device=ctx.device)
+        model.eval()
+        template = PromptTemplate(ctx.run.template, tokenizer)
+        # prompts after the ones sampled above (a different seed draws a different set)
+        examples = ctx.task.examples("train", cfg.few_shot_prompts, seed=ctx.run.seed + 1)
+        shots, stats["few_shot"] = few_shot_long_cot(
+            make_engine(ctx.run.engine, model, tokenizer), ctx.task, template, examples, cfg.few_shot_samples,
+            params, k=cfg.few_shot_k, style=cfg.few_shot_style, filters=cfg.filters,
+            provenance={"checkpoint": source, "stage": ctx.name}, seed=ctx.run.seed)
+        rows += shots
+    if cfg.written_rows:
+        rng = random.Random(ctx.run.seed)
+        written = ctx.task.examples("train", cfg.written_rows, seed=ctx.run.seed + 2)
+        rows += [{"prompt": ex["prompt"], "completion": ctx.task.corpus_document(ex, rng, cfg.few_shot_style),
+                  "answer": ex.get("answer"), "source": {"generator": ctx.task.name, "style": cfg.few_shot_style}}
+                 for ex in written]
+        stats["written"] = len(written)
+    if not rows:
+        raise RuntimeError(f"stage '{ctx.name}': no cold-start row survived (stats: {stats}); sample more prompts, "
+                           f"or loosen the filters")
+    stats["rows"] = len(rows)
+    path = write_jsonl(rows, ctx.stage_dir / cfg.output)
+    atomic_write_json(ctx.stage_dir / "stats.json", stats)
+    ctx.log_metrics(0, {"data/rows": len(rows)})
+    ctx.log(f"{len(rows)} cold-start rows -> {path} ({stats})")
+    return str(path)

@@ -1,0 +1,103 @@
+"""The ``preference_pairs`` stage: {prompt, chosen, rejected} rows for a reward model and for DPO.
+
+Two sources:
+- samples of the stage's init checkpoint on the task's training prompts: for a prompt with both kinds, a correct
+  completion (rule verifier) is chosen over an incorrect one. These are the pairs DPO (DeepSeek's V1 method) learns
+  from offline, on the prompts GRPO learns from online.
+- ``domain_pairs`` synthetic pairs on non-reasoning prompts (r1lab.tasks.domain): the reference response over one
+  with a plausible wrong answer. A reward model trained on them scores domain prompts in all-scenario RL, where no
+  rule verifier is used (R1 §2.3.4 used reward models for general data).
+
+Writes ``<stage>/pairs.jsonl`` and ``<stage>/stats.json``; returns the data file (``data: <this stage's name>``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from r1lab.checkpoint import atomic_write_json
+from r1lab.config import doc
+from r1lab.data.filters import write_jsonl
+from r1lab.engine import SamplingParams, make_engine
+from r1lab.rewards import extract_answer
+from r1lab.tasks import verify
+from r1lab.tasks.domain import DomainTask, corrupted_answer
+
+
+@dataclass
+class PreferencePairsConfig:
+    kind: str = doc("preference_pairs", "Stage kind: write preference pairs (sampled correct vs incorrect, and "
+                                        "synthetic domain pairs).")
+    init: str = doc("", "Checkpoint to sample from: an earlier stage's name, a path or hub id (empty: previous).")
+    num_prompts: int = doc(256, "Training prompts to sample for (0: no sampled pairs).")
+    samples_per_prompt: int = doc(4, "Completions per prompt.")
+    pairs_per_prompt: int = doc(1, "Pairs at most per prompt (each completion in one pair at most).")
+    temperature: float = doc(1.0, "Sampling temperature (1.0 gives both correct and incorrect samples).")
+    top_p: float = doc(1.0, "Nucleus sampling.")
+    max_new_tokens: int = doc(64, "Longest completion.")
+    domain_pairs: int = doc(0, "Synthetic pairs on non-reasoning domain prompts (reference vs a wrong answer).")
+    output: str = doc("pairs.jsonl", "File name of the pairs inside the stage folder.")
+    eval: bool = doc(False, "The output is a data file, not a model: nothing to evaluate.")
+
+    def __post_init__(self):
+        if min(self.num_prompts, self.domain_pairs) < 0 or self.samples_per_prompt < 2 or self.pairs_per_prompt < 1:
+            raise ValueError("num_prompts and domain_pairs must be >= 0, samples_per_prompt >= 2, "
+                             "pairs_per_prompt >= 1")
+        if not self.num_prompts and not self.domain_pairs:
+            raise ValueError("set num_prompts or domain_pairs: this stage would write no pair")
+
+
+def pairs_from_samples(examples: list[dict], groups: list[list[str]], pairs_per_prompt: int,
+                       provenance: dict) -> list[dict]:
+    """Correct-over-incorrect pairs: per example, up to ``pairs_per_prompt`` pairs of a completion that passes
+    the verifier and one that does not, in sampling order."""
+    pairs = []
+    for example, completions in zip(examples, groups):
+        right = [c for c in completions if verify(extract_answer(c), example)]
+        wrong = [c for c in completions if not verify(extract_answer(c), example)]
+        for chosen, rejected in list(zip(right, wrong))[:pairs_per_prompt]:
+            pairs.append({"prompt": example["prompt"], "chosen": chosen, "rejected": rejected,
+                          "source": {**provenance, "kind": "sampled"}})
+    return pairs
+
+
+def domain_preference_pairs(n: int, seed: int) -> list[dict]:
+    """``n`` pairs on training-split domain prompts: the reference response over a corrupted answer."""
+    task, rng = DomainTask(), random.Random(seed)
+    pairs = []
+    for example in task.examples("train", n, seed=seed):
+        chosen = task.corpus_document(example, rng)
+        rejected = f"<think>{example['thought']}</think><answer>{corrupted_answer(example, rng)}</answer>"
+        pairs.append({"prompt": example["prompt"], "chosen": chosen, "rejected": rejected,
+                      "source": {"generator": "domain", "kind": example["kind"]}})
+    return pairs
+
+
+def run_stage(cfg: PreferencePairsConfig, ctx) -> str:
+    """Write the pairs and their stats; returns the data file's path."""
+    pairs: list[dict] = []
+    stats: dict = {}
+    if cfg.num_prompts:
+        model, tokenizer = ctx.load_policy()
+        model.eval()
+        examples = ctx.task.examples("train", cfg.num_prompts, seed=ctx.run.seed)
+        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                                seed=ctx.run.seed)
+        generations = make_engine(ctx.run.engine, model, tokenizer).generate(
+            [ctx.template.render(ex["prompt"]) for ex in examples], cfg.samples_per_prompt, params)
+        groups = [[ctx.template.prefill + g.text for g in group] for group in generations]
+        pairs += pairs_from_samples(examples, groups, cfg.pairs_per_prompt,
+                                    {"checkpoint": str(ctx.init_checkpoint), "stage": ctx.name})
+        stats.update({"prompts": len(examples), "sampled": len(examples) * cfg.samples_per_prompt,
+                      "sampled_pairs": len(pairs)})
+    domain = domain_preference_pairs(cfg.domain_pairs, seed=ctx.run.seed)
+    stats.update({"domain_pairs": len(domain), "rows": len(pairs) + len(domain)})
+    if not pairs + domain:
+        raise RuntimeError(f"stage '{ctx.name}': no prompt had both a correct and an incorrect sample; raise "
+                           f"samples_per_prompt or temperature, or add domain_pairs")
+    path = write_jsonl(pairs + domain, ctx.stage_dir / cfg.output)
+    atomic_write_json(ctx.stage_dir / "stats.json", stats)
+    ctx.log_metrics(0, {"data/rows": stats["rows"]})
+    ctx.log(f"{stats['rows']} preference pairs -> {path} ({stats})")
+    return str(path)
