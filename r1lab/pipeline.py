@@ -31,7 +31,8 @@ from r1lab.train.ppo import PPOConfig
 from r1lab.train.pretrain import PretrainConfig
 from r1lab.train.dpo import DPOConfig
 from r1lab.train.reward_model import RewardModelConfig
-from r1lab.train import cold_start, preference_pairs, rejection_sampling
+from r1lab.train import check_gate, cold_start, preference_pairs, rejection_sampling
+from r1lab.train.check_gate import CheckGateConfig
 from r1lab.train.cold_start import ColdStartConfig
 from r1lab.train.preference_pairs import PreferencePairsConfig
 from r1lab.train.rejection_sampling import RejectionSamplingConfig
@@ -50,6 +51,7 @@ STAGES: dict[str, tuple[type, Callable]] = {
     "rejection_sampling": (RejectionSamplingConfig, rejection_sampling.run_stage),
     "cold_start": (ColdStartConfig, cold_start.run_stage),
     "preference_pairs": (PreferencePairsConfig, preference_pairs.run_stage),
+    "check_gate": (CheckGateConfig, check_gate.run_stage),
 }
 # Stages whose output is a data file (their done.json "checkpoint"), read by later stages with data: <stage name>.
 DATA_STAGE_KINDS = ("cold_start", "rejection_sampling", "preference_pairs")
@@ -316,6 +318,8 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
         entry = _stage_entry(name, cfg.kind, output, evaluation, time.time() - started)
         if (stage_dir / "stats.json").is_file():  # a data stage: the size of what it wrote goes in the summary
             entry["data"] = json.loads((stage_dir / "stats.json").read_text())
+        if (stage_dir / "gate.json").is_file():
+            entry["gate"] = json.loads((stage_dir / "gate.json").read_text())
         if ctx.warnings:
             entry["warnings"] = ctx.warnings[:20]
         atomic_write_json(done_file, entry)

@@ -320,13 +320,15 @@ SUMMARY_COLUMNS: list[tuple[str, str, Callable[[object], str]]] = [
     ("cons@k", "cons@k", _format_rate),
     ("k", "k", _format_count),
     ("format rate", "format_rate", _format_rate),
+    ("language consistency", "language_consistency", _format_rate),
     ("mean length", "length_mean", _format_length),
     ("problems", "num_problems", _format_count),
 ]
 
 
 def summary_rows(summary: dict) -> list[list[str]]:
-    """One row of display strings per stage: name, kind, then SUMMARY_COLUMNS."""
+    """One row of display strings per stage: name, kind, SUMMARY_COLUMNS, then the rows of the data set a data
+    stage wrote."""
     rows = []
     for stage in summary.get("stages") or []:
         if not isinstance(stage, dict):
@@ -334,12 +336,14 @@ def summary_rows(summary: dict) -> list[list[str]]:
         results = stage.get("eval") if isinstance(stage.get("eval"), dict) else {}
         row = [str(stage.get("stage", "?")), str(stage.get("kind") or "—")]
         row += [formatter(results.get(key)) for _, key, formatter in SUMMARY_COLUMNS]
+        data = stage.get("data") if isinstance(stage.get("data"), dict) else {}
+        row.append(_format_count(data.get("rows")))
         rows.append(row)
     return rows
 
 
 def _summary_headers() -> list[str]:
-    return ["stage", "kind"] + [header for header, _, _ in SUMMARY_COLUMNS]
+    return ["stage", "kind"] + [header for header, _, _ in SUMMARY_COLUMNS] + ["data rows"]
 
 
 def summary_table_markdown(summary: dict) -> str:

@@ -23,7 +23,7 @@ def r1lab(*args, env_extra=None, cwd=None):
 # Settings that make a stage take seconds; each stage gets those its kind has.
 SHRINK = {"steps": 2, "max_steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 16, "eval_every": 1,
           "save_every": 1, "num_prompts": 4, "samples_per_prompt": 2, "few_shot_prompts": 2,
-          "add_domain_examples": 4, "domain_pairs": 4, "batch_size": 4}
+          "add_domain_examples": 4, "domain_pairs": 4, "batch_size": 4, "num_problems": 4, "k": 2}
 
 
 def shrink_overrides(recipe: Path, tmp_path: Path) -> list[str]:
@@ -55,8 +55,8 @@ def test_every_tiny_recipe_runs_through_the_cli(recipe, tmp_path):
     stages = yaml.safe_load(recipe.read_text())["stages"]
     assert [s["stage"] for s in summary["stages"]] == list(stages)
     for entry in summary["stages"]:
-        if entry["kind"] in ("cold_start", "rejection_sampling", "preference_pairs", "reward_model"):
-            assert entry["eval"] is None  # a data set or a reward model: nothing to evaluate on the task
+        if entry["kind"] in ("cold_start", "rejection_sampling", "preference_pairs", "reward_model", "check_gate"):
+            assert entry["eval"] is None  # a data set, a reward model or a measurement: no task evaluation
             continue
         assert entry["eval"] is not None and 0.0 <= entry["eval"]["pass@1"] <= 1.0
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

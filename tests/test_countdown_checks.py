@@ -250,3 +250,42 @@ def test_plot_reasoning_metrics(tmp_path):
     assert path.name == "reasoning_curves.png" and path.read_bytes().startswith(b"\x89PNG")
     assert path.stat().st_size > 5_000
     assert "self-checks" in write_report(tmp_path).read_text()
+
+
+# --- the gate stage ---
+
+
+def test_gate_failures_name_each_reason():
+    from r1lab.train.check_gate import CheckGateConfig, gate_failures
+
+    cfg = CheckGateConfig(min_ok_precision=0.6, min_no_precision=0.9)
+    base = {"k": 4, "num_problems": 10}
+    assert gate_failures({**base, "ok_precision": 0.7, "no_precision": 0.95}, cfg) == []
+    assert gate_failures({**base, "ok_precision": 0.25, "no_precision": 0.95}, cfg) == ["ok_precision 0.25 < 0.6"]
+    assert gate_failures({**base, "ok_precision": None, "no_precision": 0.5}, cfg) == [
+        "no 'ok' marks in 40 completions", "no_precision 0.50 < 0.9"]
+
+
+def test_gate_stage_reports_and_stops_when_asked(tmp_path, tiny_checkpoint):
+    import yaml
+
+    from r1lab.pipeline import run_recipe
+    from r1lab.train.check_gate import CheckGateFailed
+
+    def recipe(on_fail):
+        path = tmp_path / f"{on_fail}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": on_fail, "output_dir": str(tmp_path / "runs"), "model": str(tiny_checkpoint), "threads": 1,
+            "task": {"name": "countdown_checks", "options": {"max_number": 4, "int_tokens": False}},
+            "stages": {"gate": {"kind": "check_gate", "num_problems": 3, "k": 2, "max_new_tokens": 8,
+                                "on_fail": on_fail}}}))
+        return path
+
+    # a random model makes no marks: the gate fails, warns and passes the model through
+    run_dir = run_recipe(recipe("warn"), quiet=True)
+    entry = json.loads((run_dir / "summary.json").read_text())["stages"][0]
+    assert entry["checkpoint"] == str(tiny_checkpoint) and entry["gate"]["passed"] is False
+    assert entry["gate"]["failures"] and "not reliable" in entry["warnings"][0]
+    assert json.loads((run_dir / "gate" / "gate.json").read_text())["num_problems"] == 3
+    with pytest.raises(CheckGateFailed, match="not reliable"):
+        run_recipe(recipe("stop"), quiet=True)

@@ -29,6 +29,13 @@ def test_language_consistency_table(completion, example, expected):
     assert result == (None if expected is None else pytest.approx(expected))
 
 
+def test_latin_consistency_reward_for_real_text():
+    latin = get_reward("language_consistency_latin")
+    assert latin("<think>we add 三 and 四</think><answer>7</answer>", {"language": "en"}) == pytest.approx(0.6)
+    assert latin("<think>first carry the one</think>", {}) == 1.0
+    assert latin("<answer>7</answer>", {}) is None
+
+
 def test_language_reward_is_registered_and_rejects_unknown_languages():
     assert get_reward("language_consistency") is language_consistency_reward
     with pytest.raises(ValueError, match="unknown language 'fr'"):

@@ -42,7 +42,8 @@ def tiny_model_for(recipe: dict, tmp_path: Path) -> tuple[Path, str]:
 
 
 # Settings that make any stage take seconds; each stage gets those its kind has.
-SMOKE = {"steps": 2, "max_steps": 2, "num_prompts": 2, "samples_per_prompt": 2, "add_domain_examples": 4, "prompts_per_step": 2, "group_size": 2, "batch_size": 2, "max_new_tokens": 8,
+SMOKE = {"steps": 2, "max_steps": 2, "num_prompts": 2, "samples_per_prompt": 2, "add_domain_examples": 4,
+         "domain_pairs": 4, "prompts_per_step": 2, "group_size": 2, "batch_size": 2, "max_new_tokens": 8,
          "minibatches": 2, "micro_batch_size": 1, "warmup_steps": 1, "eval_every": 1, "save_every": 1}
 
 
@@ -62,7 +63,7 @@ def smoke_overrides(recipe: dict, model: Path, tmp_path: Path) -> list[str]:
 
 def test_there_are_real_recipes():
     names = {f"{p.parent.name}/{p.name}" for p in REAL_RECIPES}
-    assert {"qwen2.5-0.5b/r1_zero.yaml", "qwen2.5-1.5b/r1_zero.yaml", "qwen2.5-1.5b/grpo_lora_instruct.yaml",
+    assert {"qwen2.5-0.5b/r1_zero.yaml", "qwen2.5-1.5b/r1_zero.yaml", "qwen2.5-1.5b/r1.yaml", "qwen2.5-1.5b/grpo_lora_instruct.yaml",
             "llama/grpo_lora_instruct.yaml"} <= names
 
 
@@ -78,7 +79,7 @@ def test_real_recipe_runs_two_steps_on_a_tiny_model_of_its_architecture(path, tm
     pytest.importorskip("math_verify")
     from transformers import AutoModelForCausalLM
 
-    from r1lab.pipeline import run_recipe
+    from r1lab.pipeline import DATA_STAGE_KINDS, run_recipe
 
     recipe = yaml.safe_load(path.read_text())
     if recipe.get("lora", {}).get("enabled"):
@@ -90,8 +91,11 @@ def test_real_recipe_runs_two_steps_on_a_tiny_model_of_its_architecture(path, tm
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == list(recipe["stages"])
     for entry in summary["stages"]:
-        if entry["kind"] == "rejection_sampling":  # a data stage: its output is a JSONL file
-            assert Path(entry["checkpoint"]).is_file() and entry["eval"] is None
+        if entry["kind"] in DATA_STAGE_KINDS:  # a data stage: its output is a JSONL file
+            assert Path(entry["checkpoint"]).is_file() and entry["eval"] is None and entry["data"]["rows"] > 0
+            continue
+        if entry["kind"] == "reward_model":  # the policy is unchanged; the reward model is beside it
+            assert entry["eval"] is None and (run_dir / entry["stage"] / "final" / "reward_model.json").is_file()
             continue
         assert 0.0 <= entry["eval"]["pass@1"] <= 1.0 and "pass@2" in entry["eval"]
         final = AutoModelForCausalLM.from_pretrained(entry["checkpoint"])  # plain transformers loads it

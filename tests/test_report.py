@@ -25,8 +25,10 @@ SUMMARY = {
             "length_mean": 41.25, "num_problems": 64}},
         {"stage": "grpo", "kind": "grpo", "checkpoint": None, "eval": {
             "pass@1": 0.40625, "cons@k": 0.5, "k": 8, "format_rate": 0.99,
-            "length_mean": 120.5, "num_problems": 64, "truncated_rate": 0.0}},
+            "length_mean": 120.5, "num_problems": 64, "truncated_rate": 0.0, "language_consistency": 0.75}},
         {"stage": "distill", "kind": "distill", "checkpoint": None, "eval": None},
+        {"stage": "rs", "kind": "rejection_sampling", "checkpoint": "rs/data.jsonl", "eval": None,
+         "data": {"rows": 300, "kept": 290}},
     ],
 }
 
@@ -199,12 +201,14 @@ def test_report_tolerates_broken_summary(tmp_path):
 def test_summary_table_markdown():
     table = summary_table_markdown(SUMMARY)
     lines = table.strip().splitlines()
-    assert lines[0] == "| stage | kind | pass@1 | cons@k | k | format rate | mean length | problems |"
-    assert lines[1] == "|---|---|---:|---:|---:|---:|---:|---:|"
-    assert lines[2] == "| sft | sft | 0.1250 | 0.2500 | 8 | 0.8750 | 41.2 | 64 |"
-    assert lines[3] == "| grpo | grpo | 0.4062 | 0.5000 | 8 | 0.9900 | 120.5 | 64 |"
-    assert lines[4] == "| distill | distill | — | — | — | — | — | — |"
-    assert len(lines) == 5
+    assert lines[0] == ("| stage | kind | pass@1 | cons@k | k | format rate | language consistency | mean length | "
+                        "problems | data rows |")
+    assert lines[1] == "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    assert lines[2] == "| sft | sft | 0.1250 | 0.2500 | 8 | 0.8750 | — | 41.2 | 64 | — |"
+    assert lines[3] == "| grpo | grpo | 0.4062 | 0.5000 | 8 | 0.9900 | 0.7500 | 120.5 | 64 | — |"
+    assert lines[4] == "| distill | distill | — | — | — | — | — | — | — | — |"
+    assert lines[5] == "| rs | rejection_sampling | — | — | — | — | — | — | — | 300 |"
+    assert len(lines) == 6
 
 
 def test_summary_table_markdown_escapes_pipes_and_handles_no_stages():

@@ -54,3 +54,11 @@ def language_consistency_reward(completion: str, example: dict) -> float | None:
     if thought is None:
         return None
     return language_share(thought, example.get("language") or DEFAULT_LANGUAGE)
+
+
+@register_reward("language_consistency_latin")
+def latin_consistency_reward(completion: str, example: dict) -> float | None:
+    """Share of chain-of-thought words in Latin script (the rule R1 needed against Chinese/English mixing), whatever
+    the example's language; None without a think block or without words."""
+    thought = think_text(completion)
+    return None if thought is None else language_share(thought, "latin")

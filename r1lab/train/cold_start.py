@@ -5,8 +5,9 @@ Two sources, as in R1 (r1lab.data.cold_start):
   chain of thought, no overlong paragraph, no code block; deduplicated), rewritten as reasoning then a summary;
 - few-shot prompting of ``few_shot_from`` (the base model) with ``few_shot_k`` worked long-CoT examples, kept by
   the same rules;
-- ``written_rows`` rows written by the task's generator in ``few_shot_style``: the stand-in for the examples R1's
-  annotators wrote and post-processed.
+- rows written by people, as R1's annotators wrote and post-processed some: ``written_data`` (a JSONL of
+  {prompt, completion} rows, e.g. a public long-CoT set) and, for synthetic tasks, ``written_rows`` rows written by
+  the task's generator in ``few_shot_style``. Both are added as they are, unfiltered.
 
 It writes ``<stage>/data.jsonl`` (rows with provenance) and ``<stage>/stats.json`` and returns the data file: a later
 ``sft`` stage reads it with ``data: <this stage's name>`` and sets ``init:`` to the model it fine-tunes.
@@ -21,6 +22,7 @@ from r1lab.checkpoint import atomic_write_json
 from r1lab.config import doc
 from r1lab.data.cold_start import cold_start_from_outputs, few_shot_long_cot
 from r1lab.data.filters import write_jsonl
+from r1lab.data.jsonl import read_sft_examples
 from r1lab.data.rejection import ReadabilityFilters, rejection_sample
 from r1lab.engine import SamplingParams, make_engine
 from r1lab.models import load_model
@@ -44,6 +46,8 @@ class ColdStartConfig:
     few_shot_k: int = doc(2, "Worked examples in each few-shot prompt.")
     few_shot_style: str = doc("worked_words", "The task's corpus style the few-shot examples are written in.")
     written_rows: int = doc(0, "Rows written by the task's generator in few_shot_style (R1's human-written examples).")
+    written_data: str = doc("", "JSONL of {prompt, completion} rows written by people, added as they are (empty: "
+                                "none).")
     filters: ReadabilityFilters = doc(ReadabilityFilters(), "Readability filters and deduplication.")
     output: str = doc("data.jsonl", "File name of the data set inside the stage folder.")
     eval: bool = doc(False, "The output is a data file, not a model: nothing to evaluate.")
@@ -90,6 +94,11 @@ def run_stage(cfg: ColdStartConfig, ctx) -> str:
                   "answer": ex.get("answer"), "source": {"generator": ctx.task.name, "style": cfg.few_shot_style}}
                  for ex in written]
         stats["written"] = len(written)
+    if cfg.written_data:
+        written = read_sft_examples(cfg.written_data)
+        rows += [{"prompt": ex["prompt"], "completion": ex["completion"], "source": {"file": ex["where"]}}
+                 for ex in written]
+        stats["written_data"] = len(written)
     if not rows:
         raise RuntimeError(f"stage '{ctx.name}': no cold-start row survived (stats: {stats}); sample more prompts, "
                            f"or loosen the filters")

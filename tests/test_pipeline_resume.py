@@ -1,0 +1,77 @@
+"""The whole R1 pipeline survives a kill at any point: recipes/tiny/r1.yaml (shrunk to seconds per stage) is killed
+with SIGKILL once during every stage and restarted each time; it must end with the same evaluations, data sets and
+weights as an uninterrupted run."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_cli import ROOT, shrink_overrides
+
+RECIPE = ROOT / "recipes" / "tiny" / "r1.yaml"
+
+
+def _command(tmp_path: Path, name: str) -> list[str]:
+    # one thread: the same floating-point sums in every run
+    # each run its own folder and model cache: the killed run builds its base models too
+    return [sys.executable, "-m", "r1lab", "run", str(RECIPE), *shrink_overrides(RECIPE, tmp_path / name),
+            f"name={name}", "threads=1"]
+
+
+def _env():
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _results(run_dir: Path) -> dict:
+    """What must not depend on kills: every stage's evaluation and data stats, and a hash of every file a stage
+    produced (final weights, data sets)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out = {}
+    for entry in summary["stages"]:
+        stage_dir = run_dir / entry["stage"]
+        files = sorted(p for p in stage_dir.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".jsonl")
+                       and "checkpoint" not in p.parts and p.name != "eval_samples.jsonl")
+        out[entry["stage"]] = {"eval": entry["eval"], "data": entry.get("data"),
+                               "files": {str(p.relative_to(stage_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+                                         for p in files}}
+    return out
+
+
+@pytest.mark.slow
+def test_r1_pipeline_killed_in_every_stage_ends_like_an_uninterrupted_run(tmp_path):
+    reference = subprocess.run(_command(tmp_path, "straight"), capture_output=True, text=True, env=_env(),
+                               cwd=ROOT, timeout=900)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = _results(tmp_path / "straight" / "straight")
+
+    rng = random.Random(0)
+    killed_in: list[str] = []
+    for attempt in range(40):  # a restart per stage at most, plus the last run
+        process = subprocess.Popen(_command(tmp_path, "killed"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                   text=True, env=_env(), cwd=ROOT)
+        killed = False
+        for line in process.stderr:
+            stage = line[1:line.index("]")] if line.startswith("[") and "]" in line else None
+            starting = stage and line.rstrip().endswith(("pretrain", "grpo", "sft", "dpo", "reward_model",
+                                                         "cold_start", "rejection_sampling", "preference_pairs"))
+            if starting and stage not in killed_in:
+                time.sleep(rng.uniform(0.0, 1.5))  # somewhere inside the stage (or just after it)
+                process.send_signal(signal.SIGKILL)
+                killed_in.append(stage)
+                killed = True
+                break
+        process.wait(timeout=900)
+        if not killed:
+            assert process.returncode == 0, f"the run failed after being killed in {killed_in}"
+            break
+    stages = [s for s in expected]
+    assert killed_in == stages  # every stage was interrupted once
+    assert _results(tmp_path / "killed" / "killed") == expected
