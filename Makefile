@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # multi-GB CUDA build; on a GPU machine pip gets PyPI's normal (CUDA) build of the same version.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-dev demo test test-fast clean
+.PHONY: install install-dev demo demo-r1-zero demo-aha test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
+# The full R1 pipeline on the embedded tiny model, R1-Zero included as one of its stages (README: measured time).
 demo: $(VENV)/.installed
+	$(VENV)/bin/r1lab run recipes/tiny/r1.yaml
+
+demo-r1-zero: $(VENV)/.installed
 	$(VENV)/bin/r1lab run recipes/tiny/r1_zero.yaml
+
+demo-aha: $(VENV)/.installed
+	$(VENV)/bin/r1lab run recipes/tiny/aha.yaml
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q

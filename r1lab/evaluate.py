@@ -186,6 +186,7 @@ def evaluate_model(engine, task, template, *, num_problems: int, k: int, tempera
         atomic_write_text(samples_path, "\n".join(lines) + "\n")
     summary = summarize_samples(records)
     summary.update({"temperature": temperature, "top_p": top_p})
+    summary.update(_check_summary(examples, generations, template))
     # unbiased pass@k (1 − C(n−c, k) / C(n, k)) for k = 2, 4, 8, ... up to the number of samples, and that number
     by_problem: dict[int, list[bool]] = {}
     for record in records:
@@ -194,6 +195,19 @@ def evaluate_model(engine, task, template, *, num_problems: int, k: int, tempera
     for size in sorted({2**i for i in range(1, n.bit_length()) if 2**i <= n} | ({n} if n > 1 else set())):
         summary[f"pass@{size}"] = round(mean_pass_at_k(list(by_problem.values()), size), 4)
     return summary
+
+
+def _check_summary(examples: list[dict], generations, template) -> dict:
+    """For tasks whose reasoning has self-checks (issue 6): checks and revisions per completion and the precision of
+    the "ok"/"no" marks; empty for other tasks."""
+    from r1lab.tasks.checks import CHECK_TASKS, summarize_checks
+
+    if not examples or examples[0].get("task") not in CHECK_TASKS:
+        return {}
+    responses = [template.prefill + g.text for group in generations for g in group]
+    flat = [example for example, group in zip(examples, generations) for _ in group]
+    checks = summarize_checks(responses, flat)
+    return {key: round(value, 4) if isinstance(value, float) else value for key, value in checks.items()}
 
 
 def check_reliability(engine, task, template, *, num_problems: int, k: int, temperature: float, top_p: float,

@@ -201,6 +201,16 @@ def test_check_reliability_with_a_fake_engine():
     assert result["accuracy_by_checks"] == {0: {"pass_rate": 0.0, "count": 5}, 1: {"pass_rate": 0.0, "count": 5},
                                             2: {"pass_rate": 0.0, "count": 5}}
     json.dumps(result)
+    # the R1 evaluation of a check task reports the checks too (summary.json, one row per stage)
+    from r1lab.evaluate import evaluate_model
+
+    summary = evaluate_model(FakeEngine(texts), task, template, num_problems=5, k=3, temperature=0.6, top_p=0.95,
+                             max_new_tokens=32, seed=0)
+    assert summary["checks_per_completion"] == 1.0 and summary["revisions_per_completion"] == round(1 / 3, 4)
+    assert summary["ok_precision"] == 0.0 and summary["no_precision"] == 1.0
+    arithmetic = evaluate_model(FakeEngine(["<think>1</think><answer>2</answer>"]), get_task("arithmetic"),
+                                template, num_problems=2, k=1, temperature=0.6, top_p=0.95, max_new_tokens=8, seed=0)
+    assert "checks_per_completion" not in arithmetic
 
 
 # --- rollout metrics ---

@@ -30,18 +30,25 @@ def _env():
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _results(run_dir: Path) -> dict:
+def _results(root: Path, name: str) -> dict:
     """What must not depend on kills: every stage's evaluation and data stats, and a hash of every file a stage
-    produced (final weights, data sets)."""
+    produced (final weights; data sets, with the run's own folder in their provenance written as <root>)."""
+    run_dir = root / name / name
     summary = json.loads((run_dir / "summary.json").read_text())
+
+    def digest(path: Path) -> str:
+        content = path.read_bytes()
+        if path.suffix == ".jsonl":
+            content = content.replace(str(root / name).encode(), b"<root>")
+        return hashlib.sha256(content).hexdigest()
+
     out = {}
     for entry in summary["stages"]:
         stage_dir = run_dir / entry["stage"]
         files = sorted(p for p in stage_dir.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".jsonl")
                        and "checkpoint" not in p.parts and p.name != "eval_samples.jsonl")
         out[entry["stage"]] = {"eval": entry["eval"], "data": entry.get("data"),
-                               "files": {str(p.relative_to(stage_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-                                         for p in files}}
+                               "files": {str(p.relative_to(stage_dir)): digest(p) for p in files}}
     return out
 
 
@@ -50,7 +57,7 @@ def test_r1_pipeline_killed_in_every_stage_ends_like_an_uninterrupted_run(tmp_pa
     reference = subprocess.run(_command(tmp_path, "straight"), capture_output=True, text=True, env=_env(),
                                cwd=ROOT, timeout=900)
     assert reference.returncode == 0, reference.stderr[-3000:]
-    expected = _results(tmp_path / "straight" / "straight")
+    expected = _results(tmp_path, "straight")
 
     rng = random.Random(0)
     killed_in: list[str] = []
@@ -74,4 +81,4 @@ def test_r1_pipeline_killed_in_every_stage_ends_like_an_uninterrupted_run(tmp_pa
             break
     stages = [s for s in expected]
     assert killed_in == stages  # every stage was interrupted once
-    assert _results(tmp_path / "killed" / "killed") == expected
+    assert _results(tmp_path, "killed") == expected
