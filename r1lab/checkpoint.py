@@ -18,14 +18,29 @@ import numpy as np
 import torch
 
 
+def recover_dir(path: str | Path) -> None:
+    """Finish or undo a folder replacement a kill interrupted: temporary folders of earlier writers are removed, and
+    when ``path`` is missing because the kill fell between moving the old version aside and moving the new one in,
+    the old version comes back. Writers of one path are one process at a time (a run)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not path.exists():
+        os.replace(olds.pop(), path)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path):
     """Yield a temporary folder; on success it replaces ``path`` (the old one is removed only after)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         yield tmp
@@ -42,6 +57,8 @@ def atomic_dir(path: str | Path):
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a writer that was killed
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -75,6 +92,7 @@ def save_training_state(folder: str | Path, *, optimizer, scheduler, step: int, 
 
 
 def load_training_state(folder: str | Path) -> dict | None:
+    recover_dir(folder)
     path = Path(folder) / "trainer_state.pt"
     if not path.is_file():
         return None

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from test_cli import ROOT, shrink_overrides
 
@@ -60,17 +61,20 @@ def test_r1_pipeline_killed_in_every_stage_ends_like_an_uninterrupted_run(tmp_pa
     expected = _results(tmp_path, "straight")
 
     rng = random.Random(0)
+    kinds = {name: stage["kind"] for name, stage in yaml.safe_load(RECIPE.read_text())["stages"].items()}
     killed_in: list[str] = []
-    for attempt in range(40):  # a restart per stage at most, plus the last run
+    for attempt in range(len(kinds) + 1):  # a restart per stage, plus the last run
         process = subprocess.Popen(_command(tmp_path, "killed"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                    text=True, env=_env(), cwd=ROOT)
         killed = False
         for line in process.stderr:
             stage = line[1:line.index("]")] if line.startswith("[") and "]" in line else None
-            starting = stage and line.rstrip().endswith(("pretrain", "grpo", "sft", "dpo", "reward_model",
-                                                         "cold_start", "rejection_sampling", "preference_pairs"))
-            if starting and stage not in killed_in:
-                time.sleep(rng.uniform(0.0, 1.5))  # somewhere inside the stage (or just after it)
+            if stage not in kinds or stage in killed_in:
+                continue
+            # RL stages are killed after their step-1 checkpoint (they resume from it), the others as they start
+            trigger = (f"[{stage}] step 1:" if kinds[stage] in ("grpo", "ppo") else f"[{stage}] {kinds[stage]}")
+            if line.startswith(trigger):
+                time.sleep(rng.uniform(0.0, 0.3))
                 process.send_signal(signal.SIGKILL)
                 killed_in.append(stage)
                 killed = True
