@@ -22,6 +22,24 @@ LABELS = {"base": "base (pretrained from scratch)", "r1_zero": "R1-Zero (GRPO fr
           "distill": "distilled student (SFT on rs_data)", "student_rl": "RL-only student (GRPO from student base)"}
 
 
+def data_detail(kind: str, data: dict) -> str:
+    """Where the rows came from, in words."""
+    if kind == "cold_start":
+        parts = []
+        if "from_outputs" in data:
+            parts.append(f"{data['from_outputs']['kept']} of {data['from_outputs']['sampled']} outputs kept")
+        if "few_shot" in data:
+            parts.append(f"{data['few_shot']['kept']} of {data['few_shot']['sampled']} few-shot samples")
+        parts += [f"{data[key]} written" for key in ("written", "written_data") if key in data]
+        return ", ".join(parts)
+    if kind == "rejection_sampling":
+        return (f"{data['kept']} of {data['sampled']} samples kept ({data['correct']} correct), "
+                f"+ {data['domain_examples']} domain rows")
+    if kind == "preference_pairs":
+        return f"{data.get('sampled_pairs', 0)} sampled pairs, {data['domain_pairs']} domain pairs"
+    return ""
+
+
 def rate(value) -> str:
     return "—" if value is None else f"{value:.3f}"
 
@@ -37,7 +55,7 @@ def table(run_dir: Path) -> str:
         config = recipe["stages"].get(name, {})
         if entry.get("data"):
             data = entry["data"]
-            detail = ", ".join(f"{key} {value}" for key, value in data.items() if isinstance(value, int))
+            detail = data_detail(config.get("kind"), data)
             lines.append(f"| *data: {name}* ({config.get('kind')}) | | | | | | | {data['rows']} rows ({detail}) | "
                          f"{entry['seconds']:.0f} |")
             continue
