@@ -18,17 +18,6 @@ from r1lab.models import load_model  # noqa: E402
 from r1lab.pipeline import RunConfig, load_recipe, run_recipe  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these models are tiny, and on a shared 2-core machine more threads only contend."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def qwen2(tmp_path_factory):
     return make_real_architecture(tmp_path_factory.mktemp("arch"), "qwen2")
