@@ -167,10 +167,12 @@ def evaluate_model(engine, task, template, *, num_problems: int, k: int, tempera
     prompts = [template.render(ex["prompt"]) for ex in examples]
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     generations = engine.generate(prompts, k, params)
-    records, lines = [], []
+    records, lines, responses, flat_examples = [], [], [], []
     for problem, (example, group) in enumerate(zip(examples, generations)):
         for generation in group:
             response = template.prefill + generation.text
+            responses.append(response)
+            flat_examples.append(example)
             answer = extract_answer(response)
             correct = verify(answer, example)
             records.append({"problem": problem, "answer": answer, "correct": correct,
@@ -186,7 +188,7 @@ def evaluate_model(engine, task, template, *, num_problems: int, k: int, tempera
         atomic_write_text(samples_path, "\n".join(lines) + "\n")
     summary = summarize_samples(records)
     summary.update({"temperature": temperature, "top_p": top_p})
-    summary.update(_check_summary(examples, generations, template))
+    summary.update(_check_summary(responses, flat_examples))
     # unbiased pass@k (1 − C(n−c, k) / C(n, k)) for k = 2, 4, 8, ... up to the number of samples, and that number
     by_problem: dict[int, list[bool]] = {}
     for record in records:
@@ -197,16 +199,14 @@ def evaluate_model(engine, task, template, *, num_problems: int, k: int, tempera
     return summary
 
 
-def _check_summary(examples: list[dict], generations, template) -> dict:
+def _check_summary(responses: list[str], examples: list[dict]) -> dict:
     """For tasks whose reasoning has self-checks (issue 6): checks and revisions per completion and the precision of
-    the "ok"/"no" marks; empty for other tasks."""
+    the "ok"/"no" marks (``examples`` aligned with ``responses``); empty for other tasks."""
     from r1lab.tasks.checks import CHECK_TASKS, summarize_checks
 
     if not examples or examples[0].get("task") not in CHECK_TASKS:
         return {}
-    responses = [template.prefill + g.text for group in generations for g in group]
-    flat = [example for example, group in zip(examples, generations) for _ in group]
-    checks = summarize_checks(responses, flat)
+    checks = summarize_checks(responses, examples)
     return {key: round(value, 4) if isinstance(value, float) else value for key, value in checks.items()}
 
 

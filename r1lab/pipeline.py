@@ -185,6 +185,17 @@ class StageContext:
     def progress(self, done: int, total: int, text: str) -> None:
         self.console.progress(self.name, done, total, text)
 
+    def write_data(self, rows: list[dict], stats: dict, file_name: str, metrics: dict | None = None) -> str:
+        """A data stage's output: ``<stage>/<file_name>`` (JSONL) and ``<stage>/stats.json`` with ``rows`` set; the
+        row count (and ``metrics``) logged. Returns the data file's path, the stage's output."""
+        from r1lab.data.filters import write_jsonl
+
+        stats["rows"] = len(rows)
+        path = write_jsonl(rows, self.stage_dir / file_name)
+        atomic_write_json(self.stage_dir / "stats.json", stats)
+        self.log_metrics(0, {**(metrics or {}), "data/rows": len(rows)})
+        return str(path)
+
     def checkpoint_of(self, ref: str) -> str:
         """What an earlier stage of this run produced (by name), the run's model for "model", else ``ref`` itself
         (a path or hub id)."""

@@ -110,11 +110,11 @@ def task_accuracy_metrics(rollout: Rollout) -> dict:
     from r1lab.rewards import extract_answer
     from r1lab.tasks import verify
 
+    if len({str(example.get("task")) for example in rollout.examples}) < 2:
+        return {}  # a single-task rollout: nothing to verify again on the RL step
     by_task: dict[str, list[bool]] = {}
     for example, response in zip(rollout.examples, rollout.responses):
         by_task.setdefault(str(example.get("task")), []).append(bool(verify(extract_answer(response), example)))
-    if len(by_task) < 2:
-        return {}
     return {f"accuracy/task_{name}": statistics.fmean(flags) for name, flags in sorted(by_task.items())}
 
 

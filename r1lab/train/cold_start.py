@@ -18,10 +18,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from r1lab.checkpoint import atomic_write_json
 from r1lab.config import doc
 from r1lab.data.cold_start import cold_start_from_outputs, few_shot_long_cot
-from r1lab.data.filters import write_jsonl
 from r1lab.data.jsonl import read_sft_examples
 from r1lab.data.rejection import ReadabilityFilters, rejection_sample
 from r1lab.engine import SamplingParams, make_engine
@@ -102,9 +100,6 @@ def run_stage(cfg: ColdStartConfig, ctx) -> str:
     if not rows:
         raise RuntimeError(f"stage '{ctx.name}': no cold-start row survived (stats: {stats}); sample more prompts, "
                            f"or loosen the filters")
-    stats["rows"] = len(rows)
-    path = write_jsonl(rows, ctx.stage_dir / cfg.output)
-    atomic_write_json(ctx.stage_dir / "stats.json", stats)
-    ctx.log_metrics(0, {"data/rows": len(rows)})
+    path = ctx.write_data(rows, stats, cfg.output)
     ctx.log(f"{len(rows)} cold-start rows -> {path} ({stats})")
-    return str(path)
+    return path

@@ -16,9 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from r1lab.checkpoint import atomic_write_json
 from r1lab.config import doc
-from r1lab.data.filters import write_jsonl
 from r1lab.engine import SamplingParams, make_engine
 from r1lab.rewards import extract_answer
 from r1lab.tasks import verify
@@ -92,12 +90,10 @@ def run_stage(cfg: PreferencePairsConfig, ctx) -> str:
         stats.update({"prompts": len(examples), "sampled": len(examples) * cfg.samples_per_prompt,
                       "sampled_pairs": len(pairs)})
     domain = domain_preference_pairs(cfg.domain_pairs, seed=ctx.run.seed)
-    stats.update({"domain_pairs": len(domain), "rows": len(pairs) + len(domain)})
+    stats["domain_pairs"] = len(domain)
     if not pairs + domain:
         raise RuntimeError(f"stage '{ctx.name}': no prompt had both a correct and an incorrect sample; raise "
                            f"samples_per_prompt or temperature, or add domain_pairs")
-    path = write_jsonl(pairs + domain, ctx.stage_dir / cfg.output)
-    atomic_write_json(ctx.stage_dir / "stats.json", stats)
-    ctx.log_metrics(0, {"data/rows": stats["rows"]})
+    path = ctx.write_data(pairs + domain, stats, cfg.output)
     ctx.log(f"{stats['rows']} preference pairs -> {path} ({stats})")
-    return str(path)
+    return path

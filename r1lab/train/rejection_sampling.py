@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from r1lab.checkpoint import atomic_write_json
 from r1lab.config import doc
 from r1lab.data.domain import domain_examples
-from r1lab.data.filters import write_jsonl
 from r1lab.data.rejection import ReadabilityFilters, rejection_sample
 from r1lab.engine import SamplingParams, make_engine
 
@@ -51,11 +49,9 @@ def run_stage(cfg: RejectionSamplingConfig, ctx) -> str:
                                    provenance={"checkpoint": str(ctx.init_checkpoint), "stage": ctx.name})
     domain = domain_examples(cfg.add_domain_examples, seed=ctx.run.seed)
     stats["domain_examples"] = len(domain)
-    stats["rows"] = len(rows) + len(domain)
-    path = write_jsonl(rows + domain, ctx.stage_dir / cfg.output)
-    atomic_write_json(ctx.stage_dir / "stats.json", stats)
-    ctx.log_metrics(0, {"data/sampled": stats["sampled"], "data/correct": stats["correct"],
-                        "data/kept": stats["kept"], "data/rows": stats["rows"]})
+    path = ctx.write_data(rows + domain, stats, cfg.output, {"data/sampled": stats["sampled"],
+                                                              "data/correct": stats["correct"],
+                                                              "data/kept": stats["kept"]})
     ctx.log(f"kept {stats['kept']} of {stats['sampled']} samples ({stats['correct']} correct), "
             f"+{len(domain)} domain rows -> {path}")
-    return str(path)
+    return path
