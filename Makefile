@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # multi-GB CUDA build; on a GPU machine pip gets PyPI's normal (CUDA) build of the same version.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-dev demo demo-r1-zero demo-aha test test-fast clean
+.PHONY: install install-dev demo demo-r1 demo-r1-zero demo-aha test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
-# The full R1 pipeline on the embedded tiny model, R1-Zero included as one of its stages (README: measured time).
+# The full R1 pipeline on the embedded tiny model (R1-Zero one of its stages) and the aha moment, side by side on
+# the CPU cores, with one report over both in runs/tiny_demo (README: measured time).
 demo: $(VENV)/.installed
+	$(VENV)/bin/r1lab run recipes/tiny/r1.yaml recipes/tiny/aha.yaml --report runs/tiny_demo
+
+demo-r1: $(VENV)/.installed
 	$(VENV)/bin/r1lab run recipes/tiny/r1.yaml
 
 demo-r1-zero: $(VENV)/.installed

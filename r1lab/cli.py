@@ -22,10 +22,28 @@ def _quiet_libraries() -> None:
         pass
 
 
+def split_run_arguments(items: list[str]) -> tuple[list[str], list[str]]:
+    """``r1lab run`` arguments: recipes (paths) and key=value overrides, in any order."""
+    recipes = [item for item in items if "=" not in item]
+    overrides = [item for item in items if "=" in item]
+    return recipes, overrides
+
+
 def cmd_run(args) -> int:
+    from r1lab.config import ConfigError
+
+    recipes, overrides = split_run_arguments(args.items)
+    if not recipes:
+        raise ConfigError("r1lab run needs a recipe (a YAML file), e.g. r1lab run recipes/tiny/r1_zero.yaml")
+    if len(recipes) == 1 and (args.report or args.jobs):
+        raise ConfigError("--report and --jobs are for several recipes run side by side")
+    if len(recipes) > 1:
+        from r1lab.side_by_side import run_side_by_side
+
+        return run_side_by_side(recipes, overrides, jobs=args.jobs, report_dir=args.report, quiet=args.quiet)
     from r1lab.pipeline import run_recipe
 
-    run_recipe(args.recipe, args.overrides, quiet=args.quiet)
+    run_recipe(recipes[0], overrides, quiet=args.quiet)
     return 0
 
 
@@ -54,15 +72,18 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from r1lab.report import plot_extra_metrics, plot_training_curves, write_report
+    from r1lab.report import write_combined_report, write_report
 
-    run_dir = Path(args.run)
-    if not run_dir.is_dir():
-        print(f"r1lab report: no run folder at {run_dir}", file=sys.stderr)
+    run_dirs = [Path(run) for run in args.runs]
+    missing = [str(run_dir) for run_dir in run_dirs if not run_dir.is_dir()]
+    if missing:
+        print(f"r1lab report: no run folder at {', '.join(missing)}", file=sys.stderr)
         return 2
-    plot_training_curves(run_dir)
-    plot_extra_metrics(run_dir)
-    print(write_report(run_dir))
+    if len(run_dirs) == 1 and not args.out:
+        print(write_report(run_dirs[0]))
+    else:
+        default_out = run_dirs[0].parent / "-".join(run_dir.name for run_dir in run_dirs)
+        print(write_combined_report(run_dirs, args.out or default_out))
     return 0
 
 
@@ -71,10 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      "evaluation and reports.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run (or resume) a recipe: r1lab run RECIPE.yaml [key=value ...]")
-    run.add_argument("recipe")
-    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.grpo.steps=10 name=test")
+    run = sub.add_parser("run", help="run (or resume) a recipe: r1lab run RECIPE.yaml [key=value ...]; several "
+                         "recipes run side by side with one report")
+    run.add_argument("items", nargs="+", metavar="RECIPE_OR_OVERRIDE",
+                     help="recipe files, and dotted overrides applied to each, e.g. stages.grpo.steps=10 name=test")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--jobs", type=int, default=0,
+                     help="several recipes: how many run at once, the CPU cores split between them (default: all)")
+    run.add_argument("--report", default="",
+                     help="several recipes: folder of the report over all of them (default: runs/<name>-<name>)")
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser("eval", help="R1-protocol evaluation of a checkpoint: pass@1 over k samples, cons@k")
@@ -94,8 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--samples", default="", help="write every sample with its score to this JSONL file")
     ev.set_defaults(func=cmd_eval)
 
-    rep = sub.add_parser("report", help="render a run's plots and HTML report")
-    rep.add_argument("run", help="run folder, e.g. runs/tiny_r1_zero")
+    rep = sub.add_parser("report", help="render a run's plots and HTML report, or one report over several runs")
+    rep.add_argument("runs", nargs="+", help="run folder(s), e.g. runs/tiny_r1_zero")
+    rep.add_argument("--out", default="",
+                     help="folder of a report over several runs (default: beside the first, named <name>-<name>)")
     rep.set_defaults(func=cmd_report)
     return parser
 

@@ -141,6 +141,7 @@ class StageContext:
     device: torch.device
     console: Console
     warnings: list[str] = field(default_factory=list)
+    threads_checked_at: float = 0.0
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -184,6 +185,9 @@ class StageContext:
 
     def progress(self, done: int, total: int, text: str) -> None:
         self.console.progress(self.name, done, total, text)
+        if time.time() - self.threads_checked_at > 5:  # side by side: take a finished sibling's cores mid-stage
+            self.threads_checked_at = time.time()
+            _set_threads(self.run)
 
     def write_data(self, rows: list[dict], stats: dict, file_name: str, metrics: dict | None = None) -> str:
         """A data stage's output: ``<stage>/<file_name>`` (JSONL) and ``<stage>/stats.json`` with ``rows`` set; the
@@ -270,8 +274,7 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
 
     run, stages = load_recipe(path, overrides)
     console = Console(quiet)
-    if run.threads:
-        torch.set_num_threads(run.threads)
+    _set_threads(run)
     seed_everything(run.seed)
     device = resolve_device(run.device)
     run_dir = Path(run.output_dir) / run.name
@@ -309,6 +312,7 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
             raise ConfigError(f"{path}: stage '{name}' starts from model 'tiny', which a pretrain stage must build "
                               f"first (add a stage with kind: pretrain, or set model: to a checkpoint)")
         console.print(f"[{name}] {cfg.kind}", style="bold")
+        _set_threads(run)
         started = time.time()
         seed_everything(run.seed)
         ctx = StageContext(run=run, name=name, run_dir=run_dir, stage_dir=stage_dir, init_checkpoint=init,
@@ -341,6 +345,17 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     report = write_report(run_dir)
     console.print(f"done: {run_dir}/summary.json, {report}, {run_dir}/training_curves.png", style="bold green")
     return run_dir
+
+
+def _set_threads(run: RunConfig) -> None:
+    """torch's CPU threads: the share a side-by-side parent gives this run (r1lab.side_by_side; read again before
+    every stage and every few seconds during one, so a run takes the cores a finished sibling left), else the
+    recipe's ``threads``."""
+    from r1lab.side_by_side import THREADS_FILE_ENV, threads_from_file
+
+    threads = threads_from_file(os.environ.get(THREADS_FILE_ENV)) or run.threads
+    if threads and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
 
 
 def _resolve_reward_models(cfg, summary: dict, run_dir: Path) -> None:

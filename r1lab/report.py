@@ -310,6 +310,10 @@ def _format_length(value) -> str:
     return f"{value:.1f}" if _is_plottable_number(value) else "—"
 
 
+def _format_checks(value) -> str:
+    return f"{value:.2f}" if _is_plottable_number(value) else "—"
+
+
 def _format_count(value) -> str:
     return str(int(value)) if _is_plottable_number(value) else "—"
 
@@ -326,24 +330,40 @@ SUMMARY_COLUMNS: list[tuple[str, str, Callable[[object], str]]] = [
 ]
 
 
+# Columns shown only when some stage reports them (tasks with self-checks, issue 6).
+OPTIONAL_SUMMARY_COLUMNS: list[tuple[str, str, Callable[[object], str]]] = [
+    ("checks per completion", "checks_per_completion", _format_checks),
+    ('"ok" precision', "ok_precision", _format_rate),
+]
+
+
+def _stage_evals(summary: dict) -> list[tuple[dict, dict]]:
+    """(stage entry, its evaluation or {}) for every well-formed stage entry."""
+    stages = [stage for stage in summary.get("stages") or [] if isinstance(stage, dict)]
+    return [(stage, stage["eval"] if isinstance(stage.get("eval"), dict) else {}) for stage in stages]
+
+
+def _columns(summary: dict) -> list[tuple[str, str, Callable[[object], str]]]:
+    reported = {key for _, results in _stage_evals(summary) for key, value in results.items() if value is not None}
+    return SUMMARY_COLUMNS + [column for column in OPTIONAL_SUMMARY_COLUMNS if column[1] in reported]
+
+
 def summary_rows(summary: dict) -> list[list[str]]:
-    """One row of display strings per stage: name, kind, SUMMARY_COLUMNS, then the rows of the data set a data
-    stage wrote."""
+    """One row of display strings per stage: name, kind, the evaluation columns, then the rows of the data set a
+    data stage wrote."""
+    columns = _columns(summary)
     rows = []
-    for stage in summary.get("stages") or []:
-        if not isinstance(stage, dict):
-            continue
-        results = stage.get("eval") if isinstance(stage.get("eval"), dict) else {}
+    for stage, results in _stage_evals(summary):
         row = [str(stage.get("stage", "?")), str(stage.get("kind") or "—")]
-        row += [formatter(results.get(key)) for _, key, formatter in SUMMARY_COLUMNS]
+        row += [formatter(results.get(key)) for _, key, formatter in columns]
         data = stage.get("data") if isinstance(stage.get("data"), dict) else {}
         row.append(_format_count(data.get("rows")))
         rows.append(row)
     return rows
 
 
-def _summary_headers() -> list[str]:
-    return ["stage", "kind"] + [header for header, _, _ in SUMMARY_COLUMNS] + ["data rows"]
+def _summary_headers(summary: dict) -> list[str]:
+    return ["stage", "kind"] + [header for header, _, _ in _columns(summary)] + ["data rows"]
 
 
 def summary_table_markdown(summary: dict) -> str:
@@ -353,7 +373,7 @@ def summary_table_markdown(summary: dict) -> str:
         # A pipe or line break would split the cell.
         return text.replace("|", "\\|").replace("\n", " ")
 
-    headers = _summary_headers()
+    headers = _summary_headers(summary)
     lines = [
         "| " + " | ".join(headers) + " |",
         "|" + "|".join(["---"] * 2 + ["---:"] * (len(headers) - 2)) + "|",
@@ -363,7 +383,7 @@ def summary_table_markdown(summary: dict) -> str:
 
 
 def _summary_table_html(summary: dict) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in _summary_headers())
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in _summary_headers(summary))
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(text)}</td>" for text in row) + "</tr>"
         for row in summary_rows(summary)
@@ -419,18 +439,18 @@ def _sample_html(record: dict) -> str:
     )
 
 
-def _samples_html(run_dir: Path) -> str:
+def _samples_html(run_dir: Path, level: int = 3) -> str:
     ends = first_and_last_step_samples(run_dir)
     if not ends:
         return "<p>No samples logged yet.</p>"
     parts = []
     for stage, stage_ends in ends.items():
-        parts.append(f"<h3>{html.escape(stage)}</h3>")
+        parts.append(f"<h{level}>{html.escape(stage)}</h{level}>")
         shown = [("first", stage_ends["first"])]
         if stage_ends["last"][0] != stage_ends["first"][0]:
             shown.append(("last", stage_ends["last"]))
         for end, (step, records) in shown:
-            parts.append(f"<h4>{end} logged step: {html.escape(str(step))}</h4>")
+            parts.append(f"<h{level + 1}>{end} logged step: {html.escape(str(step))}</h{level + 1}>")
             parts += [_sample_html(record) for record in records]
     return "\n".join(parts)
 
@@ -455,6 +475,59 @@ def _embedded_png(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
 
 
+def _gates_html(summary: dict) -> str:
+    """What each check_gate stage measured: are the model's own "ok"/"no" marks right, and does checking pay?"""
+    parts = []
+    for stage in summary.get("stages") or []:
+        gate = stage.get("gate") if isinstance(stage, dict) else None
+        if not isinstance(gate, dict):
+            continue
+        by_checks = gate.get("accuracy_by_checks") if isinstance(gate.get("accuracy_by_checks"), dict) else {}
+        accuracy = ", ".join(f"{n} checks {_format_rate(v.get('pass_rate'))} ({_format_count(v.get('count'))})"
+                             for n, v in by_checks.items() if isinstance(v, dict))
+        verdict = "passed" if gate.get("passed") else "failed: " + "; ".join(map(str, gate.get("failures") or []))
+        parts.append(f"<p><b>{html.escape(str(stage.get('stage')))}</b> ({html.escape(verdict)}): "
+                     f"\"ok\" marks on real hits {_format_rate(gate.get('ok_precision'))}, "
+                     f"\"no\" marks on real misses {_format_rate(gate.get('no_precision'))}, "
+                     f"checks per completion {_format_checks(gate.get('checks_per_completion'))}; "
+                     f"accuracy by number of checks: {html.escape(accuracy) or '—'}</p>")
+    return "\n".join(parts)
+
+
+def _page(title: str, body: str) -> str:
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{html.escape(title)}</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+
+
+def _run_sections(run_dir: Path, summary: dict | None, level: int) -> str:
+    """A run's evaluation table, its plots (rendered now from its metrics) and its sample completions, with
+    headings at ``level``; missing run files give a note in place of their section."""
+    if summary and summary.get("stages"):
+        table = _summary_table_html(summary) + _gates_html(summary)
+    else:
+        table = "<p>No summary yet.</p>"
+    plots = [
+        (plot_training_curves(run_dir), "training reward, held-out accuracy and completion length"),
+        (plot_extra_metrics(run_dir), "training diagnostics"),
+        (plot_reasoning_metrics(run_dir), "completion length percentiles, self-checks and accuracy by checks"),
+    ]
+    images = [_embedded_png(path, alt) for path, alt in plots if path is not None]
+    curves = "\n".join(images) if images else "<p>No metrics yet.</p>"
+    h = f"h{level}"
+    return (f"<{h}>Evaluation</{h}>\n{table}\n<{h}>Training curves</{h}>\n{curves}\n"
+            f"<{h}>Sample completions</{h}>\n{_samples_html(run_dir, level + 1)}")
+
+
 def write_report(run_dir: str | Path) -> Path:
     """report.html: summary table, plots (embedded) and sample completions per stage.
 
@@ -464,38 +537,35 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     summary = read_summary(run_dir)
     run_name = str((summary or {}).get("run") or run_dir.name)
-
-    if summary and summary.get("stages"):
-        table = _summary_table_html(summary)
-    else:
-        table = "<p>No summary yet.</p>"
-
-    plots = [
-        (plot_training_curves(run_dir), "training reward, held-out accuracy and completion length"),
-        (plot_extra_metrics(run_dir), "training diagnostics"),
-        (plot_reasoning_metrics(run_dir), "completion length percentiles, self-checks and accuracy by checks"),
-    ]
-    images = [_embedded_png(path, alt) for path, alt in plots if path is not None]
-    curves = "\n".join(images) if images else "<p>No metrics yet.</p>"
-
-    page = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>r1lab report: {html.escape(run_name)}</title>
-<style>{_STYLE}</style>
-</head>
-<body>
-<h1>r1lab report: {html.escape(run_name)}</h1>
-<h2>Evaluation</h2>
-{table}
-<h2>Training curves</h2>
-{curves}
-<h2>Sample completions</h2>
-{_samples_html(run_dir)}
-</body>
-</html>
-"""
+    body = f"<h1>r1lab report: {html.escape(run_name)}</h1>\n{_run_sections(run_dir, summary, level=2)}"
     path = run_dir / REPORT_FILE
-    path.write_text(page, encoding="utf-8")
+    path.write_text(_page(f"r1lab report: {run_name}", body), encoding="utf-8")
+    return path
+
+
+def write_combined_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
+    """One report over several runs (e.g. the demo: the R1 pipeline and the aha recipe run side by side):
+    ``out_dir/report.html`` with a section per run, and ``out_dir/summary.json`` holding each run's summary.
+
+    A run folder that is missing or unfinished still gets its section, saying what is missing.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries, sections, contents = [], [], []
+    for run_dir in map(Path, run_dirs):
+        summary = read_summary(run_dir)
+        name = str((summary or {}).get("run") or run_dir.name)
+        summaries.append(summary or {"run": name, "stages": [], "missing": str(run_dir / "summary.json")})
+        contents.append(f'<li><a href="#run-{html.escape(name)}">{html.escape(name)}</a> '
+                        f"({html.escape(str(run_dir))})</li>")
+        body = (_run_sections(run_dir, summary, level=3) if run_dir.is_dir()
+                else f"<p>No run folder at {html.escape(str(run_dir))}.</p>")
+        sections.append(f'<h2 id="run-{html.escape(name)}">{html.escape(name)}</h2>\n{body}')
+    title = "r1lab report: " + ", ".join(s["run"] for s in summaries)
+    body = f"<h1>{html.escape(title)}</h1>\n<ul>{''.join(contents)}</ul>\n" + "\n".join(sections)
+    from r1lab.checkpoint import atomic_write_json
+
+    atomic_write_json(out_dir / "summary.json", {"runs": summaries})
+    path = out_dir / REPORT_FILE
+    path.write_text(_page(title, body), encoding="utf-8")
     return path

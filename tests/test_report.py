@@ -12,6 +12,7 @@ from r1lab.report import (
     plot_training_curves,
     read_metrics,
     summary_table_markdown,
+    write_combined_report,
     write_report,
 )
 
@@ -215,3 +216,36 @@ def test_summary_table_markdown_escapes_pipes_and_handles_no_stages():
     table = summary_table_markdown({"stages": [{"stage": "a|b", "kind": "rl", "eval": None}]})
     assert "| a\\|b | rl |" in table
     assert len(summary_table_markdown({"run": "x"}).strip().splitlines()) == 2
+
+
+def test_check_columns_and_gate_appear_only_for_runs_that_report_checks(tmp_path):
+    checked = {"run": "aha", "stages": [
+        {"stage": "base", "kind": "pretrain", "eval": {"pass@1": 0.3, "checks_per_completion": 0.755,
+                                                      "ok_precision": 0.8}},
+        {"stage": "gate", "kind": "check_gate", "eval": None, "gate": {
+            "ok_precision": 0.65, "no_precision": 0.98, "checks_per_completion": 1.045, "passed": True,
+            "accuracy_by_checks": {"0": {"pass_rate": 0.25, "count": 8}, "1": {"pass_rate": 0.75, "count": 4}}}},
+    ]}
+    table = summary_table_markdown(checked).splitlines()
+    assert table[0].endswith('| checks per completion | "ok" precision | data rows |')
+    assert table[2].endswith("| 0.76 | 0.8000 | — |") and table[3].endswith("| — | — | — |")
+    assert "checks per completion" not in summary_table_markdown(SUMMARY)
+    (tmp_path / "summary.json").write_text(json.dumps(checked))
+    page = write_report(tmp_path).read_text()
+    assert "(passed)" in page and "0.6500" in page and "1 checks 0.7500 (4)" in page
+
+
+def test_combined_report_has_a_section_per_run_and_one_summary(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    (first / "summary.json").write_text(json.dumps(SUMMARY))
+    _write_jsonl(first / "metrics.jsonl", _synthetic_metrics())
+    path = write_combined_report([first, second], tmp_path / "demo")
+    assert path == tmp_path / "demo" / "report.html"
+    page = path.read_text()
+    assert page.count("<h2 ") == 2 and 'id="run-tiny-r1"' in page and 'id="run-second"' in page
+    assert "0.4062" in page and page.count("data:image/png;base64,") == 2  # the first run's table and plots
+    assert f"No run folder at {second}" in page
+    combined = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert combined["runs"][0] == SUMMARY
+    assert combined["runs"][1] == {"run": "second", "stages": [], "missing": str(second / "summary.json")}

@@ -1,0 +1,157 @@
+"""Several recipes at once, one child process each, the CPU cores shared out between them.
+
+``r1lab run A.yaml B.yaml`` runs both recipes side by side and writes one report over both (the demo runs the R1
+pipeline and the aha recipe this way). Why side by side: a tiny model does not keep two CPU cores busy, least of all
+while it generates (on the 2-core reference machine a generation step takes 0.68 s on two threads, 0.83 s on one),
+so two recipes on one core each finish sooner than one after the other on two.
+
+Each child is a plain ``r1lab run`` of one recipe: its own run folder, resumable as usual, and the same results as
+when it runs alone (on the reference machine bit for bit: torch's CPU kernels give the same numbers on one thread
+as on two). The cores are shared through a small file per child (``R1LAB_THREADS_FILE``) that the pipeline reads
+before every stage and every few seconds during one, so when one recipe ends the others take its cores. Each
+child's progress lines are prefixed with its run name.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from r1lab.config import ConfigError
+
+THREADS_FILE_ENV = "R1LAB_THREADS_FILE"
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def thread_shares(cores: int, running: int) -> list[int]:
+    """Threads for each of ``running`` children on ``cores`` cores: an even split, the remainder to the first ones,
+    at least one each."""
+    if running <= 0:
+        return []
+    base, extra = divmod(max(cores, 1), running)
+    return [max(1, base + (1 if i < extra else 0)) for i in range(running)]
+
+
+def threads_from_file(path: str | None) -> int:
+    """The thread count a side-by-side parent gave this process (0: none given, or unreadable)."""
+    if not path:
+        return 0
+    try:
+        value = int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    return value if value > 0 else 0
+
+
+@dataclass
+class _Child:
+    recipe: str
+    name: str
+    run_dir: Path
+    threads_file: Path
+    process: subprocess.Popen | None = None
+    returncode: int | None = None
+
+
+def _write_threads(path: Path, threads: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(threads))
+    os.replace(tmp, path)  # a child never reads a half-written number
+
+
+def _relay(child: _Child, lock: threading.Lock) -> None:
+    """Copy a child's output lines to stderr, prefixed with its run name."""
+    assert child.process is not None and child.process.stdout is not None
+    for line in child.process.stdout:
+        with lock:
+            sys.stderr.write(f"{child.name} | {line}")
+            sys.stderr.flush()
+
+
+def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int = 0, report_dir: str = "",
+                     quiet: bool = False, poll_seconds: float = 0.5) -> int:
+    """Run ``recipes`` (each with the same ``overrides``) as child processes, at most ``jobs`` at once (0: all),
+    then write one report over their runs. Returns 0 when every recipe finished, else 1 (the others still run to
+    their end; each failed one resumes when run again)."""
+    from r1lab.pipeline import load_recipe
+    from r1lab.report import write_combined_report
+
+    # Every recipe is read and checked before anything starts, so a typo in the second does not surface minutes in.
+    configs = [load_recipe(recipe, overrides)[0] for recipe in recipes]
+    run_dirs = [Path(run.output_dir) / run.name for run in configs]
+    if len(set(run_dirs)) < len(run_dirs):
+        raise ConfigError("two recipes write the same run folder (" + ", ".join(map(str, run_dirs)) + "); "
+                          "give them different names")
+    jobs = len(recipes) if jobs <= 0 else jobs
+    fixed_threads = any(item.split("=", 1)[0].strip() == "threads" for item in overrides)
+    cores = available_cores()
+    report_dir = report_dir or str(Path(configs[0].output_dir) / "-".join(run.name for run in configs))
+
+    control = Path(tempfile.mkdtemp(prefix="r1lab-side-by-side-"))
+    children = [_Child(recipe, run.name, run_dir, control / f"{i}.threads")
+                for i, (recipe, run, run_dir) in enumerate(zip(recipes, configs, run_dirs))]
+    pending, running, relays = list(children), [], []
+    lock = threading.Lock()
+    print(f"r1lab: running {len(children)} recipes side by side ({min(jobs, len(children))} at once) on "
+          f"{cores} cores", file=sys.stderr)
+    try:
+        while pending or running:
+            started = False
+            while pending and len(running) < jobs:
+                child = pending.pop(0)
+                running.append(child)
+                started = True
+            shares = thread_shares(cores, len(running))
+            for child, threads in zip(running, shares):
+                if not fixed_threads:
+                    _write_threads(child.threads_file, threads)
+                if child.process is None:
+                    child.process = _start(child, overrides, quiet)
+                    relay = threading.Thread(target=_relay, args=(child, lock), daemon=True)
+                    relay.start()
+                    relays.append(relay)
+            if started:
+                continue
+            time.sleep(poll_seconds)
+            for child in list(running):
+                if child.process.poll() is not None:
+                    child.returncode = child.process.returncode
+                    running.remove(child)
+    except KeyboardInterrupt:
+        # The children got the same interrupt (one process group); wait so none is left writing.
+        for child in running:
+            child.process.wait()
+        raise
+    finally:
+        for relay in relays:
+            relay.join(timeout=5)
+        for path in control.iterdir():
+            path.unlink()
+        control.rmdir()
+
+    failed = [child for child in children if child.returncode != 0]
+    report = write_combined_report([child.run_dir for child in children], report_dir)
+    for child in failed:
+        print(f"r1lab: {child.recipe} failed (exit {child.returncode}); its output above says why, and running "
+              f"the same command again resumes it", file=sys.stderr)
+    print(f"done: {report} (one report over {', '.join(str(c.run_dir) for c in children)})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _start(child: _Child, overrides: list[str], quiet: bool) -> subprocess.Popen:
+    env = {**os.environ, THREADS_FILE_ENV: str(child.threads_file), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "r1lab", "run", child.recipe, *overrides] + (["--quiet"] if quiet else [])
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

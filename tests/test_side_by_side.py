@@ -1,0 +1,144 @@
+"""Several recipes side by side (r1lab.side_by_side): the core split, the thread file the pipeline obeys, and two
+shrunk recipes run at once through the CLI with one report over both."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from r1lab.cli import split_run_arguments
+from r1lab.pipeline import RunConfig, _set_threads
+from r1lab.side_by_side import THREADS_FILE_ENV, thread_shares, threads_from_file
+from tests.test_cli import ROOT, grpo_recipe, r1lab, shrink_overrides
+
+
+def test_thread_shares_split_the_cores_evenly_and_give_everyone_one():
+    assert thread_shares(2, 2) == [1, 1]
+    assert thread_shares(2, 1) == [2]
+    assert thread_shares(5, 2) == [3, 2]
+    assert thread_shares(16, 3) == [6, 5, 5]
+    assert thread_shares(1, 3) == [1, 1, 1]  # more runs than cores: one thread each, never zero
+    assert thread_shares(4, 0) == []
+
+
+def test_threads_from_file(tmp_path):
+    path = tmp_path / "threads"
+    assert threads_from_file(None) == 0 and threads_from_file(str(path)) == 0  # no parent, or no file yet
+    path.write_text("3\n")
+    assert threads_from_file(str(path)) == 3
+    for broken in ("", "two", "0", "-1"):
+        path.write_text(broken)
+        assert threads_from_file(str(path)) == 0
+
+
+def test_the_pipeline_takes_the_parents_share_over_the_recipes_threads(tmp_path, monkeypatch):
+    path = tmp_path / "threads"
+    monkeypatch.setenv(THREADS_FILE_ENV, str(path))
+    _set_threads(RunConfig(threads=2))
+    assert torch.get_num_threads() == 2  # no share written yet: the recipe's setting
+    path.write_text("1")
+    _set_threads(RunConfig(threads=2))
+    assert torch.get_num_threads() == 1
+    path.write_text("2")  # a sibling finished: this run takes its core at its next stage
+    _set_threads(RunConfig(threads=0))
+    assert torch.get_num_threads() == 2
+
+
+def test_split_run_arguments():
+    assert split_run_arguments(["a.yaml", "x=1", "b.yml", "stages.g.steps=2"]) == (
+        ["a.yaml", "b.yml"], ["x=1", "stages.g.steps=2"])
+
+
+def test_report_and_jobs_need_several_recipes(tmp_path):
+    result = r1lab("run", ROOT / "recipes/tiny/aha.yaml", "--report", tmp_path / "r")
+    assert result.returncode == 2 and "several recipes" in result.stderr
+
+
+def test_two_recipes_with_the_same_run_folder_are_refused_before_anything_runs(tmp_path):
+    recipe = ROOT / "recipes/tiny/aha.yaml"
+    result = r1lab("run", recipe, recipe, f"output_dir={tmp_path}")
+    assert result.returncode == 2 and "same run folder" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_bad_key_in_the_second_recipe_fails_before_the_first_starts(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "recipes/tiny/aha.yaml").read_text().replace("name: tiny_aha", "name: x\nnot_a_key: 1"))
+    result = r1lab("run", ROOT / "recipes/tiny/r1_zero.yaml", bad, f"output_dir={tmp_path / 'runs'}")
+    assert result.returncode == 2 and "not_a_key" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def _final_weights(run_dir: Path) -> bytes:
+    return (run_dir / "grpo" / "final" / "model.safetensors").read_bytes()
+
+
+def _shrunk_copy(recipe: Path, out_dir: Path) -> Path:
+    """The recipe with shrink_overrides applied, written as a file (overrides on the command line go to every
+    recipe, and these recipes' stages differ)."""
+    from r1lab.config import apply_overrides, read_yaml
+
+    path = out_dir / recipe.name
+    path.write_text(yaml.safe_dump(apply_overrides(read_yaml(recipe), shrink_overrides(recipe, out_dir))))
+    return path
+
+
+def test_two_recipes_side_by_side_with_one_report_and_the_results_of_a_run_alone(tmp_path):
+    aha = _shrunk_copy(ROOT / "recipes/tiny/aha.yaml", tmp_path)
+    r1_zero = _shrunk_copy(ROOT / "recipes/tiny/r1_zero.yaml", tmp_path)
+    result = r1lab("run", r1_zero, aha, "--report", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tiny_aha | " in result.stderr and "tiny_r1_zero | " in result.stderr  # prefixed progress lines
+    for name in ("tiny_aha", "tiny_r1_zero"):
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["run"] == name and len(summary["stages"]) >= 2
+
+    combined = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert [run["run"] for run in combined["runs"]] == ["tiny_r1_zero", "tiny_aha"]
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert 'id="run-tiny_r1_zero"' in page and 'id="run-tiny_aha"' in page
+    assert "checks per completion" in page  # the aha run's evaluations report its self-checks
+
+    # The same recipe alone, on the recipe's own two threads, ends with the same weights (on this machine torch's
+    # CPU kernels give the same numbers whatever the thread count, so sharing the cores changes nothing).
+    result = r1lab("run", aha, f"output_dir={tmp_path / 'alone'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _final_weights(tmp_path / "alone" / "tiny_aha") == _final_weights(tmp_path / "tiny_aha")
+
+
+def test_report_command_over_several_runs(tmp_path):
+    for name, pass_at_1 in (("a", 0.25), ("b", 0.5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"run": name, "stages": [{"stage": "grpo", "kind": "grpo", "eval": {"pass@1": pass_at_1}}]}))
+    result = r1lab("report", tmp_path / "a", tmp_path / "b")
+    assert result.returncode == 0, result.stderr
+    page = Path(result.stdout.strip()).read_text()
+    assert Path(result.stdout.strip()).parent == tmp_path / "a-b"
+    assert "0.2500" in page and "0.5000" in page
+    missing = r1lab("report", tmp_path / "a", tmp_path / "nope")
+    assert missing.returncode == 2 and "nope" in missing.stderr
+
+
+@pytest.mark.parametrize("items", [["x=1"]])
+def test_run_without_a_recipe_is_a_clear_error(items):
+    result = r1lab("run", *items)
+    assert result.returncode == 2 and "needs a recipe" in result.stderr
+
+
+def test_a_recipe_that_fails_leaves_the_other_to_finish_and_the_exit_code_says_so(tmp_path, tiny_checkpoint):
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad").mkdir()
+    good = grpo_recipe(tmp_path / "good", tiny_checkpoint)
+    bad = grpo_recipe(tmp_path / "bad", tiny_checkpoint,
+                      task={"name": "jsonl", "options": {"train_path": str(tmp_path / "missing.jsonl")}})
+    for path, name in ((good, "good"), (bad, "broken")):
+        path.write_text(path.read_text().replace("name: bad", f"name: {name}"))
+    result = r1lab("run", good, bad, "--report", tmp_path / "report")
+    assert result.returncode == 1
+    assert "broken | r1lab: error:" in result.stderr and "missing.jsonl" in result.stderr
+    assert f"{bad} failed (exit 2)" in result.stderr
+    assert json.loads((tmp_path / "good" / "runs" / "good" / "summary.json").read_text())["stages"][0]["eval"]
+    assert "No summary yet" in (tmp_path / "report" / "report.html").read_text()  # the broken run's section
