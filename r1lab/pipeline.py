@@ -78,7 +78,8 @@ class RunConfig:
     model: str = doc("tiny", "Starting model: 'tiny' (built by a pretrain stage), a local path or a hub id.")
     dtype: str = doc("float32", "Model dtype: float32, bfloat16, float16.")
     device: str = doc("auto", "auto (cuda when present), cpu, cuda, cuda:1 ...")
-    threads: int = doc(0, "CPU threads for torch (0: torch's default).")
+    threads: int = doc(0, "CPU threads for torch (0: torch's default); recipes run side by side get a share of the "
+                          "cores instead (r1lab.side_by_side).")
     engine: str = doc("transformers", "Generation engine.")
     gradient_checkpointing: bool = doc(False, "Recompute activations in backward (less memory, ~15% slower).")
     lora: LoraConfig = doc(LoraConfig(), "LoRA / QLoRA adapters (peft) for the RL stages; reference = adapters off.")
