@@ -28,13 +28,14 @@ from dataclasses import dataclass
 
 import torch
 
-from r1lab.checkpoint import load_training_state, save_training_state, set_rng_state
+from r1lab.checkpoint import load_training_state, save_training_state
 from r1lab.config import doc
 from r1lab.data.jsonl import DataFileError, read_preference_pairs, resolve_data_path, split_held_out
 from r1lab.logprobs import completion_logprobs, make_batch
 from r1lab.losses import dpo_loss
 from r1lab.models import peak_memory
-from r1lab.train.sft import encode_texts, schedule_steps, split_response, step_indices, warmup_cosine
+from r1lab.train.sft import (clipped_update, encode_texts, optimizer_and_schedule, schedule_steps, split_response,
+                             step_indices)
 
 # (prompt ids, chosen completion ids + EOS, rejected completion ids + EOS)
 EncodedPair = tuple[list[int], list[int], list[int]]
@@ -159,16 +160,9 @@ def train(cfg: DPOConfig, ctx) -> str:
     per_epoch, total_steps = schedule_steps(cfg, len(train_set))
     device, pad_id, seed = ctx.device, tokenizer.pad_token_id, ctx.run.seed
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = round(cfg.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup, cfg.min_lr_ratio))
-    start_step = 0
     resume = load_training_state(ctx.checkpoint_dir)
+    optimizer, scheduler, start_step = optimizer_and_schedule(model, cfg, total_steps, resume)
     if resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        set_rng_state(resume["rng"])
-        start_step = resume["step"]
         ref_train, ref_eval = resume["extra"]["ref_train"], resume["extra"]["ref_eval"]
         ctx.log(f"resuming DPO at step {start_step}")
     else:  # the policy is still the reference: its log-probs, once, for every pair
@@ -195,11 +189,7 @@ def train(cfg: DPOConfig, ctx) -> str:
                          cfg.micro_batch_size, device, backward=True)
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"DPO loss is {stats['loss']} at step {step}: lower lr")
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
-                     if cfg.max_grad_norm > 0 else 0.0)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
+        grad_norm, lr = clipped_update(model, optimizer, scheduler, cfg.max_grad_norm)
         metrics = {**stats, "grad_norm": grad_norm, "lr": lr, "epoch": (step + 1) / per_epoch,
                    "step_seconds": time.time() - t0, **peak_memory(device)}
         if eval_set and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == total_steps):

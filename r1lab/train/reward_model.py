@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from r1lab.checkpoint import atomic_dir, load_training_state, save_training_state, set_rng_state
+from r1lab.checkpoint import atomic_dir, load_training_state, save_training_state
 from r1lab.config import doc, from_dict, to_dict
 from r1lab.data.jsonl import DataFileError, split_held_out
 from r1lab.logprobs import make_batch
@@ -40,7 +40,8 @@ from r1lab.losses import bradley_terry_loss
 from r1lab.models import load_tokenizer, peak_memory, resolve_device
 from r1lab.templates import PromptTemplate, TemplateConfig
 from r1lab.train.dpo import EncodedPair, drop_long_pairs, encode_pairs, load_pairs
-from r1lab.train.sft import encode_texts, schedule_steps, split_response, step_indices, warmup_cosine
+from r1lab.train.sft import (clipped_update, encode_texts, optimizer_and_schedule, schedule_steps, split_response,
+                             step_indices)
 from r1lab.value_model import ValueModel, init_value_model, load_value_model
 
 INFO_FILE = "reward_model.json"
@@ -212,15 +213,8 @@ def train(cfg: RewardModelConfig, ctx) -> str:
     value_model = (load_value_model(ctx.checkpoint_dir, dtype=ctx.run.dtype, device=device) if resume
                    else init_value_model(ctx.init_checkpoint, dtype=ctx.run.dtype, device=device))
     pad_id = tokenizer.pad_token_id
-    optimizer = torch.optim.AdamW(value_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = round(cfg.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup, cfg.min_lr_ratio))
-    start_step = 0
+    optimizer, scheduler, start_step = optimizer_and_schedule(value_model, cfg, total_steps, resume)
     if resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        set_rng_state(resume["rng"])
-        start_step = resume["step"]
         ctx.log(f"resuming the reward model at step {start_step}")
     else:
         ctx.log(f"{len(train_set)} training pairs, {len(eval_set)} held out; {total_steps} steps")
@@ -243,11 +237,7 @@ def train(cfg: RewardModelConfig, ctx) -> str:
         stats = bradley_terry_step(value_model, pairs, pad_id, cfg.micro_batch_size, device, backward=True)
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"reward-model loss is {stats['loss']} at step {step}: lower lr")
-        grad_norm = (torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.max_grad_norm).item()
-                     if cfg.max_grad_norm > 0 else 0.0)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
+        grad_norm, lr = clipped_update(value_model, optimizer, scheduler, cfg.max_grad_norm)
         metrics = {**stats, "grad_norm": grad_norm, "lr": lr, "epoch": (step + 1) / per_epoch,
                    "step_seconds": time.time() - t0, **peak_memory(device)}
         if eval_set and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == total_steps):

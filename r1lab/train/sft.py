@@ -182,6 +182,32 @@ def step_indices(cfg, train_size: int, step: int, seed: int) -> list[int]:
     return epoch_order(train_size, epoch, seed)[position * cfg.batch_size:(position + 1) * cfg.batch_size]
 
 
+
+def optimizer_and_schedule(model, cfg, total_steps: int, resume: dict | None):
+    """AdamW with linear warmup then cosine decay (``cfg``: lr, weight_decay, warmup_ratio, min_lr_ratio), shared by
+    the trainers over a fixed data set (SFT, DPO, reward model); restored, with the RNG, from ``resume`` (a
+    checkpoint's training state) when there is one. Returns (optimizer, scheduler, first step)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = round(cfg.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup, cfg.min_lr_ratio))
+    if not resume:
+        return optimizer, scheduler, 0
+    optimizer.load_state_dict(resume["optimizer"])
+    scheduler.load_state_dict(resume["scheduler"])
+    set_rng_state(resume["rng"])
+    return optimizer, scheduler, resume["step"]
+
+
+def clipped_update(model, optimizer, scheduler, max_grad_norm: float) -> tuple[float, float]:
+    """Clip the gradient norm (when ``max_grad_norm`` > 0), step the optimizer and the schedule. Returns the norm
+    before clipping (0 when not clipped) and the learning rate this step used."""
+    grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm).item()
+                 if max_grad_norm > 0 else 0.0)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    return grad_norm, lr
+
 # --- the loss over one step's examples ----------------------------------------------------------------------------
 
 def sft_step_loss(model, examples: list[Encoded], pad_id: int, token_budget: int, *, device="cpu",
@@ -250,16 +276,9 @@ def train(cfg: SFTConfig, ctx) -> str:
             f"({per_epoch} per epoch)")
 
     device, pad_id, seed = ctx.device, tokenizer.pad_token_id, ctx.run.seed
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = round(cfg.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup, cfg.min_lr_ratio))
-    start_step = 0
     resume = load_training_state(ctx.checkpoint_dir)
+    optimizer, scheduler, start_step = optimizer_and_schedule(model, cfg, total_steps, resume)
     if resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        set_rng_state(resume["rng"])
-        start_step = resume["step"]
         ctx.log(f"resuming SFT at step {start_step}")
     else:
         ctx.log_metrics(0, {"data/train_examples": len(train_set), "data/eval_examples": len(eval_set),
@@ -273,11 +292,7 @@ def train(cfg: SFTConfig, ctx) -> str:
         stats = sft_step_loss(model, examples, pad_id, cfg.micro_batch_tokens, device=device, backward=True)
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"SFT loss is {stats['loss']} at step {step}: lower lr")
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
-                     if cfg.max_grad_norm > 0 else 0.0)
-        lr = scheduler.get_last_lr()[0]  # the rate this step used
-        optimizer.step()
-        scheduler.step()
+        grad_norm, lr = clipped_update(model, optimizer, scheduler, cfg.max_grad_norm)
 
         seconds = time.time() - t0
         metrics = {**stats, "grad_norm": grad_norm, "lr": lr, "epoch": (step + 1) / per_epoch,
