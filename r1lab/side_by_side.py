@@ -152,6 +152,7 @@ def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int = 0,
 
 
 def _start(child: _Child, overrides: list[str], quiet: bool) -> subprocess.Popen:
-    env = {**os.environ, THREADS_FILE_ENV: str(child.threads_file), "PYTHONUNBUFFERED": "1"}
+    # COLUMNS: rich would wrap the child's lines at 80 columns on a pipe; the prefix is added here, unwrapped.
+    env = {**os.environ, THREADS_FILE_ENV: str(child.threads_file), "PYTHONUNBUFFERED": "1", "COLUMNS": "1000"}
     command = [sys.executable, "-m", "r1lab", "run", child.recipe, *overrides] + (["--quiet"] if quiet else [])
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
