@@ -15,6 +15,7 @@ child's progress lines are prefixed with its run name.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,7 @@ def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int = 0,
     lock = threading.Lock()
     print(f"r1lab: running {len(children)} recipes side by side ({min(jobs, len(children))} at once) on "
           f"{cores} cores", file=sys.stderr)
+    previous_sigterm = _stop_children_on_sigterm(running)
     try:
         while pending or running:
             started = False
@@ -131,11 +133,19 @@ def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int = 0,
                     child.returncode = child.process.returncode
                     running.remove(child)
     except KeyboardInterrupt:
-        # The children got the same interrupt (one process group); wait so none is left writing.
+        # Ctrl-C reached the children too (one process group): give them time to stop where they are (every stage
+        # resumes), then stop the ones that did not get it.
         for child in running:
-            child.process.wait()
+            if child.process is not None:
+                try:
+                    child.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.process.terminate()
+                    child.process.wait()
         raise
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         for relay in relays:
             relay.join(timeout=5)
         for path in control.iterdir():
@@ -149,6 +159,21 @@ def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int = 0,
               f"the same command again resumes it", file=sys.stderr)
     print(f"done: {report} (one report over {', '.join(str(c.run_dir) for c in children)})", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _stop_children_on_sigterm(running: list[_Child]):
+    """A SIGTERM to the parent (a job scheduler, ``kill``) stops the running children too, then ends the parent as
+    Ctrl-C does. Returns the handler it replaced (None where signals cannot be set: not the main thread)."""
+    def stop(signum, frame):
+        for child in running:
+            if child.process is not None and child.process.poll() is None:
+                child.process.terminate()
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:
+        return None
 
 
 def _start(child: _Child, overrides: list[str], quiet: bool) -> subprocess.Popen:

@@ -142,3 +142,44 @@ def test_a_recipe_that_fails_leaves_the_other_to_finish_and_the_exit_code_says_s
     assert f"{bad} failed (exit 2)" in result.stderr
     assert json.loads((tmp_path / "good" / "runs" / "good" / "summary.json").read_text())["stages"][0]["eval"]
     assert "No summary yet" in (tmp_path / "report" / "report.html").read_text()  # the broken run's section
+
+
+def _children_of(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.is_file() else []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc")
+def test_sigterm_stops_the_children_and_the_run_resumes(tmp_path, tiny_checkpoint):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipes = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        path = grpo_recipe(tmp_path / name, tiny_checkpoint)
+        data = yaml.safe_load(path.read_text())
+        data["name"] = name
+        data["stages"]["grpo"].update(steps=40, save_every=1)
+        path.write_text(yaml.safe_dump(data))
+        recipes.append(path)
+    parent = subprocess.Popen([sys.executable, "-m", "r1lab", "run", *map(str, recipes)], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True)
+    metrics = [tmp_path / name / "runs" / name / "metrics.jsonl" for name in ("first", "second")]
+    deadline = time.time() + 120
+    while not all(path.is_file() for path in metrics) and time.time() < deadline:
+        time.sleep(0.2)
+    children = _children_of(parent.pid)
+    assert len(children) == 2
+    parent.send_signal(signal.SIGTERM)
+    _, stderr = parent.communicate(timeout=60)
+    assert parent.returncode == 130 and "run the same command again to resume" in stderr
+    for pid in children:  # stopped, not left running behind the parent
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    again = r1lab("run", *recipes)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for name in ("first", "second"):
+        summary = json.loads((tmp_path / name / "runs" / name / "summary.json").read_text())
+        assert summary["stages"][0]["eval"] is not None
