@@ -59,9 +59,15 @@ def test_r1_pipeline_killed_in_every_stage_ends_like_an_uninterrupted_run(tmp_pa
                                cwd=ROOT, timeout=900)
     assert reference.returncode == 0, reference.stderr[-3000:]
     expected = _results(tmp_path, "straight")
+    summary = json.loads((tmp_path / "straight" / "straight" / "summary.json").read_text())
+    # A kill lands at a random point, but early enough that the stage cannot have finished before it (shrunk
+    # stages take 0.1-1 s): within 30% of the stage's time in the uninterrupted run after its start, 10% after an
+    # RL stage's first step.
+    kinds = {name: stage["kind"] for name, stage in yaml.safe_load(RECIPE.read_text())["stages"].items()}
+    latest_kill = {entry["stage"]: (0.1 if kinds[entry["stage"]] in ("grpo", "ppo") else 0.3) * entry["seconds"]
+                   for entry in summary["stages"]}
 
     rng = random.Random(0)
-    kinds = {name: stage["kind"] for name, stage in yaml.safe_load(RECIPE.read_text())["stages"].items()}
     killed_in: list[str] = []
     for attempt in range(len(kinds) + 1):  # a restart per stage, plus the last run
         process = subprocess.Popen(_command(tmp_path, "killed"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -74,12 +80,15 @@ def test_r1_pipeline_killed_in_every_stage_ends_like_an_uninterrupted_run(tmp_pa
             # RL stages are killed after their step-1 checkpoint (they resume from it), the others as they start
             trigger = (f"[{stage}] step 1:" if kinds[stage] in ("grpo", "ppo") else f"[{stage}] {kinds[stage]}")
             if line.startswith(trigger):
-                time.sleep(rng.uniform(0.0, 0.3))
+                time.sleep(rng.uniform(0.0, latest_kill[stage]))
                 process.send_signal(signal.SIGKILL)
                 killed_in.append(stage)
                 killed = True
                 break
         process.wait(timeout=900)
+        if killed:
+            assert not (tmp_path / "killed" / "killed" / killed_in[-1] / "done.json").is_file(), \
+                f"stage {killed_in[-1]} finished before the kill landed"
         if not killed:
             assert process.returncode == 0, f"the run failed after being killed in {killed_in}"
             break
