@@ -270,7 +270,7 @@ def evaluate_checkpoint(run: RunConfig, task, checkpoint: str, device, samples_p
 
 def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = False) -> Path:
     """Run (or resume) every stage of a recipe; returns the run folder."""
-    from r1lab.report import plot_training_curves, write_report
+    from r1lab.report import write_report
     from r1lab.tasks import get_task
 
     run, stages = load_recipe(path, overrides)
@@ -342,8 +342,7 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
         summary["stages"].append(entry)
         atomic_write_json(run_dir / "summary.json", summary)
     atomic_write_json(run_dir / "summary.json", summary)
-    plot_training_curves(run_dir)
-    report = write_report(run_dir)
+    report = write_report(run_dir)  # renders the plots too
     console.print(f"done: {run_dir}/summary.json, {report}, {run_dir}/training_curves.png", style="bold green")
     return run_dir
 

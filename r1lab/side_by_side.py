@@ -64,7 +64,6 @@ class _Child:
     run_dir: Path
     threads_file: Path
     process: subprocess.Popen | None = None
-    returncode: int | None = None
 
 
 def _write_threads(path: Path, threads: int) -> None:
@@ -110,28 +109,23 @@ def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int = 0,
           f"{cores} cores", file=sys.stderr)
     previous_sigterm = _stop_children_on_sigterm(running)
     try:
+        reshare = True  # on the first pass, and whenever a child ends: start what fits, split the cores again
         while pending or running:
-            started = False
-            while pending and len(running) < jobs:
-                child = pending.pop(0)
-                running.append(child)
-                started = True
-            shares = thread_shares(cores, len(running))
-            for child, threads in zip(running, shares):
-                if not fixed_threads:
-                    _write_threads(child.threads_file, threads)
-                if child.process is None:
-                    child.process = _start(child, overrides, quiet)
-                    relay = threading.Thread(target=_relay, args=(child, lock), daemon=True)
-                    relay.start()
-                    relays.append(relay)
-            if started:
-                continue
+            if reshare:
+                while pending and len(running) < jobs:
+                    running.append(pending.pop(0))
+                for child, threads in zip(running, thread_shares(cores, len(running))):
+                    if not fixed_threads:
+                        _write_threads(child.threads_file, threads)
+                    if child.process is None:  # after its share is written: it reads it as it starts
+                        child.process = _start(child, overrides, quiet)
+                        relays.append(threading.Thread(target=_relay, args=(child, lock), daemon=True))
+                        relays[-1].start()
             time.sleep(poll_seconds)
-            for child in list(running):
-                if child.process.poll() is not None:
-                    child.returncode = child.process.returncode
-                    running.remove(child)
+            ended = [child for child in running if child.process.poll() is not None]
+            for child in ended:
+                running.remove(child)
+            reshare = bool(ended)
     except KeyboardInterrupt:
         # Ctrl-C reached the children too (one process group): give them time to stop where they are (every stage
         # resumes), then stop the ones that did not get it.
@@ -152,11 +146,11 @@ def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int = 0,
             path.unlink()
         control.rmdir()
 
-    failed = [child for child in children if child.returncode != 0]
+    failed = [child for child in children if child.process.returncode != 0]
     report = write_combined_report([child.run_dir for child in children], report_dir)
     for child in failed:
-        print(f"r1lab: {child.recipe} failed (exit {child.returncode}); its output above says why, and running "
-              f"the same command again resumes it", file=sys.stderr)
+        print(f"r1lab: {child.recipe} failed (exit {child.process.returncode}); its output above says why, and "
+              f"running the same command again resumes it", file=sys.stderr)
     print(f"done: {report} (one report over {', '.join(str(c.run_dir) for c in children)})", file=sys.stderr)
     return 1 if failed else 0
 
