@@ -1,7 +1,8 @@
 """Advantage estimation: GRPO group normalisation (outcome and process), PPO's GAE, whitening.
 
-Pure functions of tensors (docs/REFERENCE.md §2–§4). Shapes: B sequences, G completions per prompt
-(rewards laid out as consecutive groups, B = n_groups × G), T token positions.
+Pure functions of tensors (GRPO: DeepSeekMath, arXiv 2402.03300 §4.1; GAE: arXiv 1506.02438).
+Shapes: B sequences, G completions per prompt (rewards laid out as consecutive groups, B = n_groups × G),
+T token positions.
 ``mask`` (B, T), float or bool, is 1 on completion tokens and 0 on prompt and padding; entries at
 masked positions are never read.
 
@@ -89,7 +90,7 @@ def process_advantages(
 def gae(
     rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float = 1.0, lam: float = 0.95
 ) -> tuple[Tensor, Tensor]:
-    """Generalized Advantage Estimation (Schulman et al. 2016; REFERENCE §2); (B, T) each.
+    """Generalized Advantage Estimation (Schulman et al. 2016, arXiv 1506.02438); (B, T) each.
 
     δ_t = r_t + γ·V(s_{t+1}) − V(s_t),  A_t = Σ_l (γλ)^l δ_{t+l},  returns R_t = A_t + V(s_t).
     Steps are the masked-in tokens of each row, in order: V after a row's last token is 0 (the

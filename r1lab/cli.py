@@ -29,9 +29,38 @@ def split_run_arguments(items: list[str]) -> tuple[list[str], list[str]]:
     return recipes, overrides
 
 
+def _config_classes() -> tuple[type, dict[str, type]]:
+    """RunConfig and STAGE_KINDS (kind -> config dataclass), imported when asked for: they pull in every trainer."""
+    try:
+        from r1lab.pipeline import STAGE_KINDS, RunConfig
+    except ImportError:  # the run-level config may live in r1lab.recipe
+        from r1lab.recipe import STAGE_KINDS, RunConfig
+    return RunConfig, STAGE_KINDS
+
+
+def help_config(kind: str = "") -> str:
+    """``r1lab run --help-config [KIND]``: every recipe key with its type, default and doc; KIND: that stage only."""
+    from r1lab.config import ConfigError, describe_fields, render_fields
+
+    run_config, stage_kinds = _config_classes()
+    if kind and kind not in stage_kinds:
+        raise ConfigError(f"--help-config: unknown stage kind '{kind}'; known kinds: {', '.join(stage_kinds)}")
+    parts = []
+    if not kind:
+        parts.append("Run-level keys (top level of a recipe; override as key=value, e.g. eval.k=8):\n"
+                     + render_fields(describe_fields(run_config)))
+    for name in [kind] if kind else stage_kinds:
+        parts.append(f"Stage kind '{name}' (keys of a stage with kind: {name}; override as "
+                     f"stages.<stage>.<key>=value):\n" + render_fields(describe_fields(stage_kinds[name])))
+    return "\n\n".join(parts)
+
+
 def cmd_run(args) -> int:
     from r1lab.config import ConfigError
 
+    if args.help_config is not None:
+        print(help_config(args.help_config))
+        return 0
     recipes, overrides = split_run_arguments(args.items)
     if not recipes:
         raise ConfigError("r1lab run needs a recipe (a YAML file), e.g. r1lab run recipes/tiny/r1_zero.yaml")
@@ -94,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) a recipe: r1lab run RECIPE.yaml [key=value ...]; several "
                          "recipes run side by side with one report")
-    run.add_argument("items", nargs="+", metavar="RECIPE_OR_OVERRIDE",
+    run.add_argument("items", nargs="*", metavar="RECIPE_OR_OVERRIDE",
                      help="recipe files, and dotted overrides applied to each, e.g. stages.grpo.steps=10 name=test")
+    run.add_argument("--help-config", nargs="?", const="", default=None, metavar="KIND",
+                     help="list every recipe key with its type, default and doc, then exit; with a stage kind "
+                          "(grpo, ppo, sft, ...) only that kind's keys")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument("--jobs", type=int, default=0,
                      help="several recipes: how many run at once, the CPU cores split between them (default: all)")
@@ -142,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("r1lab: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head and the like, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 1
 
 
 if __name__ == "__main__":

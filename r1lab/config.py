@@ -7,6 +7,7 @@ and ``key=value`` overrides from the command line address any field by its dotte
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,8 +35,69 @@ def _copy(value: Any) -> Any:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """``{field name: doc}`` for a config dataclass (used by ``r1lab run --help-config`` and a test)."""
+    """``{field name: doc}`` for a config dataclass (its top-level fields; ``describe_fields`` goes into sections)."""
     return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# field listings for ``r1lab run --help-config``
+
+
+def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """``(key, type, default, doc)`` for every field of config dataclass ``cls``, nested ones as dotted keys.
+
+    A nested config (``lora: LoraConfig``) gets a row of its own, type "section", then its fields (``lora.r``, ...).
+    Defaults are written as JSON, which is also YAML, so they read as a recipe or an override would spell them.
+    """
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        key, hint, text = prefix + f.name, hints[f.name], f.metadata.get("doc", "")
+        if dataclasses.is_dataclass(hint):
+            rows.append((key, "section", "", text))
+            rows.extend(describe_fields(hint, prefix=key + "."))
+        else:
+            rows.append((key, type_text(hint), _default_text(f), text))
+    return rows
+
+
+def type_text(hint: Any) -> str:
+    """A type annotation as a recipe writer reads it: ``float | None``, ``dict[str, float]``, ``a|b`` (a choice)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "None"
+    if origin is typing.Literal:  # compact: a choice of three names would otherwise take a whole column
+        return "|".join(str(arg) for arg in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_text(arg) for arg in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(type_text(arg) for arg in args)}]" if args else name
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "(required)"
+    return json.dumps(to_dict(value), ensure_ascii=False, default=str)
+
+
+def render_fields(rows: list[tuple[str, str, str, str]], *, indent: str = "  ") -> str:
+    """Plain-text table, one field per line: key, type, default, doc in aligned columns (long cells push on)."""
+    if not rows:
+        return ""
+    widths = [min(max(len(row[i]) for row in rows), cap) for i, cap in enumerate((40, 28, 24))]
+    lines = []
+    for key, type_, default, text in rows:
+        cells = [cell.ljust(width) for cell, width in zip((key, type_, default), widths)]
+        lines.append((indent + "  ".join(cells + [text])).rstrip())
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------

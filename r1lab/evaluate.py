@@ -11,8 +11,15 @@ samples, so it can be tested without a model.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from statistics import fmean
+
+from r1lab.checkpoint import atomic_write_text
+from r1lab.engine import SamplingParams
+from r1lab.generation import sample_and_score
+from r1lab.rewards import format_reward, language_consistency_reward
+from r1lab.tasks import task_metrics
 
 
 def _check_problems(correct: list[list[bool]]) -> None:
@@ -150,90 +157,36 @@ def language_summary(shares: list[float | None]) -> dict:
 # Everything below runs a model: sampling k completions per held-out problem and grading them.
 
 
-def evaluate_model(engine, task, template, *, num_problems: int, k: int, temperature: float, top_p: float,
+def evaluate_model(generator, task, template, *, num_problems: int, k: int, temperature: float, top_p: float,
                    max_new_tokens: int, seed: int, samples_path=None, split: str = "test") -> dict:
-    """pass@1 over k samples, cons@k, format rate and lengths on ``num_problems`` held-out problems.
+    """pass@1 over k samples, cons@k, unbiased pass@k, format rate, lengths, language consistency and the task's
+    own metrics (``r1lab.tasks.task_metrics``) on ``num_problems`` held-out problems.
 
     ``samples_path``: where to write a JSONL line per sample (prompt, completion, answer, correct).
     """
-    import json
-
-    from r1lab.engine import SamplingParams
-    from r1lab.rewards import extract_answer, format_reward
-    from r1lab.rewards.language import language_consistency_reward
-    from r1lab.tasks import verify
-
     examples = task.examples(split, num_problems, seed=seed)
-    prompts = [template.render(ex["prompt"]) for ex in examples]
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-    generations = engine.generate(prompts, k, params)
-    records, lines, responses, flat_examples = [], [], [], []
-    for problem, (example, group) in enumerate(zip(examples, generations)):
-        for generation in group:
-            response = template.prefill + generation.text
-            responses.append(response)
-            flat_examples.append(example)
-            answer = extract_answer(response)
-            correct = verify(answer, example)
-            records.append({"problem": problem, "answer": answer, "correct": correct,
-                            "format": format_reward(response, example) == 1.0,
-                            "length": len(generation.completion_ids), "truncated": generation.truncated,
-                            "language": language_consistency_reward(response, example)})
-            if samples_path is not None:
-                lines.append(json.dumps({"problem": problem, "prompt": example["prompt"], "completion": response,
-                                         "reference": example["answer"], "answer": answer, "correct": correct}))
+    samples = sample_and_score(generator, template, examples, k, params, verify_answers=True)
+    records, lines = [], []
+    for index, (example, generation, response, answer, correct) in enumerate(zip(
+            samples.examples, samples.generations, samples.responses, samples.answers, samples.correct)):
+        problem = index // k
+        records.append({"problem": problem, "answer": answer, "correct": correct,
+                        "format": format_reward(response, example) == 1.0,
+                        "length": len(generation.completion_ids), "truncated": generation.truncated,
+                        "language": language_consistency_reward(response, example)})
+        if samples_path is not None:
+            lines.append(json.dumps({"problem": problem, "prompt": example["prompt"], "completion": response,
+                                     "reference": example["answer"], "answer": answer, "correct": correct}))
     if samples_path is not None:
-        from r1lab.checkpoint import atomic_write_text
-
         atomic_write_text(samples_path, "\n".join(lines) + "\n")
     summary = summarize_samples(records)
     summary.update({"temperature": temperature, "top_p": top_p})
-    summary.update(_check_summary(responses, flat_examples))
+    summary.update({key: round(value, 4) if isinstance(value, float) else value
+                    for key, value in task_metrics(task, samples.examples, samples.responses).items()})
     # unbiased pass@k (1 − C(n−c, k) / C(n, k)) for k = 2, 4, 8, ... up to the number of samples, and that number
-    by_problem: dict[int, list[bool]] = {}
-    for record in records:
-        by_problem.setdefault(record["problem"], []).append(bool(record["correct"]))
+    by_problem = samples.groups(samples.correct)
     n = summary["k"]
     for size in sorted({2**i for i in range(1, n.bit_length()) if 2**i <= n} | ({n} if n > 1 else set())):
-        summary[f"pass@{size}"] = round(mean_pass_at_k(list(by_problem.values()), size), 4)
-    return summary
-
-
-def _check_summary(responses: list[str], examples: list[dict]) -> dict:
-    """For tasks whose reasoning has self-checks (issue 6): checks and revisions per completion and the precision of
-    the "ok"/"no" marks (``examples`` aligned with ``responses``); empty for other tasks."""
-    from r1lab.tasks.checks import CHECK_TASKS, summarize_checks
-
-    if not examples or examples[0].get("task") not in CHECK_TASKS:
-        return {}
-    checks = summarize_checks(responses, examples)
-    return {key: round(value, 4) if isinstance(value, float) else value for key, value in checks.items()}
-
-
-def check_reliability(engine, task, template, *, num_problems: int, k: int, temperature: float, top_p: float,
-                      max_new_tokens: int, seed: int, split: str = "test") -> dict:
-    """The gate before RL (issue 6): are the model's own self-checks reliable enough for checking to pay?
-
-    Samples k completions on ``num_problems`` held-out problems and reads their checks (r1lab.tasks.checks):
-    ok_precision (share of "ok" marks on real hits), no_precision (share of "no" marks on real misses), None without
-    such marks; accuracy_by_checks {n_checks: {"pass_rate", "count"}}; checks_per_completion, revisions, pass@1.
-    """
-    from r1lab.engine import SamplingParams
-    from r1lab.rewards import extract_answer
-    from r1lab.tasks import verify
-    from r1lab.tasks.checks import summarize_checks
-
-    examples = task.examples(split, num_problems, seed=seed)
-    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-    groups = engine.generate([template.render(ex["prompt"]) for ex in examples], k, params)
-    responses, flat_examples, correct = [], [], []
-    for example, group in zip(examples, groups):
-        for generation in group:
-            response = template.prefill + generation.text
-            responses.append(response)
-            flat_examples.append(example)
-            correct.append(bool(verify(extract_answer(response), example)))
-    summary = summarize_checks(responses, flat_examples, correct)
-    summary.update({"pass@1": round(fmean(correct), 4), "num_problems": len(examples), "k": k,
-                    "temperature": temperature, "top_p": top_p})
+        summary[f"pass@{size}"] = round(mean_pass_at_k(by_problem, size), 4)
     return summary

@@ -2,8 +2,8 @@
 
 Logits are never materialised as a full (B, T, V) fp32 tensor: the final hidden states are projected through the
 LM head in chunks of time steps, each chunk recomputed in the backward pass (activation checkpointing), so memory is
-O(B × chunk × V) instead of O(B × T × V). With a 152k vocabulary and 64 × 1,024 completion tokens the full tensor would
-need 38 GiB (REFERENCE.md §6).
+O(B × chunk × V) instead of O(B × T × V). With Qwen2.5's vocabulary and 64 × 1,024 completion tokens the full tensor
+would need 37 GiB (65,536 × 151,936 × 4 bytes).
 """
 
 from __future__ import annotations

@@ -4,21 +4,23 @@ With LoRA the reference policy of the KL penalty needs no second copy of the mod
 adapters switched off (``with model.disable_adapter():``), which is exactly the starting model. QLoRA (Dettmers et
 al., arXiv 2305.14314) also stores the frozen base in 4-bit NF4 (bitsandbytes, CUDA only).
 
-Checkpoints stay loadable by plain transformers: ``save_pretrained`` of a LoRA policy writes the merged weights
-(base + scale · B·A, the base dequantized under QLoRA) with a plain config, and the adapter alone in ``adapter/``.
-A resumed stage loads the base from its init checkpoint and the adapter from ``checkpoint/adapter``.
+Checkpoints stay loadable by plain transformers: ``r1lab.models.save_weights`` of a LoRA policy writes the merged
+weights (base + scale · B·A, the base dequantized under QLoRA) with a plain config, and the adapter alone in
+``adapter/``. A resumed stage loads the base from its init checkpoint and the adapter from ``checkpoint/adapter``.
+The merge lives in ``r1lab.models`` (this module builds on it), so saving any policy is one function there.
 """
 
 from __future__ import annotations
 
-import copy
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from r1lab.config import doc
+from r1lab.models import is_lora_model, load_model, load_tokenizer, resolve_dtype
+# The merge is in r1lab.models so that save_weights needs no import of this module; still reachable from here.
+from r1lab.models import merged_state_dict, save_merged  # noqa: F401
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -43,16 +45,9 @@ def _peft():
     return peft
 
 
-def is_lora_model(model) -> bool:
-    """True for a peft model (checked without importing peft)."""
-    return type(model).__module__.startswith("peft.")
-
-
 def load_lora_policy(run, init_checkpoint: str, checkpoint_dir: str | Path, device: torch.device):
     """The base model from ``init_checkpoint`` with LoRA adapters: fresh ones, or those saved in
     ``checkpoint_dir/adapter`` when the stage resumes. ``run`` is the RunConfig (dtype, lora, checkpointing)."""
-    from r1lab.models import load_model
-
     cfg: LoraConfig = run.lora
     peft = _peft()
     if cfg.load_in_4bit:
@@ -71,14 +66,10 @@ def load_lora_policy(run, init_checkpoint: str, checkpoint_dir: str | Path, devi
         targets = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
         model = peft.get_peft_model(base, peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                           target_modules=targets, task_type="CAUSAL_LM"))
-    # The pipeline saves every policy with model.save_pretrained(folder): for this one that writes merged weights.
-    model.save_pretrained = types.MethodType(save_merged, model)
     return model, tokenizer
 
 
 def _load_4bit(path: str, dtype: str, device: torch.device):
-    from r1lab.models import load_tokenizer, resolve_dtype
-
     if device.type != "cuda":
         raise RuntimeError(f"lora.load_in_4bit (QLoRA) needs a CUDA GPU, and the device is {device}; "
                            "set lora.load_in_4bit=false to train LoRA on an unquantized base")
@@ -97,63 +88,3 @@ def _load_4bit(path: str, dtype: str, device: torch.device):
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
-
-
-def merged_state_dict(model) -> dict[str, torch.Tensor]:
-    """Weights of the base with every active adapter added in (on CPU), named as in the plain model."""
-    from peft.tuners.lora import LoraLayer
-
-    base = model.get_base_model()
-    state: dict[str, torch.Tensor] = {}
-    layers = {name: module for name, module in base.named_modules() if isinstance(module, LoraLayer)}
-    quantized = {name for name, module in base.named_modules()
-                 if hasattr(getattr(module, "weight", None), "quant_state")}
-    for key, tensor in base.state_dict().items():
-        if ".lora_" in key or any(key.startswith(q + ".weight.") for q in quantized):
-            continue  # adapter weights, and bitsandbytes' quantization state (absmax, quant_map, ...)
-        state[key.replace(".base_layer.", ".")] = tensor.detach().cpu()
-    if quantized:
-        from peft.utils.integrations import dequantize_module_weight
-    for name in quantized:  # QLoRA: the frozen base back in the compute dtype
-        module = base.get_submodule(name)
-        state[name.replace(".base_layer", "") + ".weight"] = dequantize_module_weight(module).detach().cpu()
-    for name, layer in layers.items():
-        key = f"{name}.weight"
-        weight = state[key]
-        if layer.merged:  # the adapter is already inside the base weight
-            continue
-        merged = weight.float()
-        for adapter in layer.active_adapters:
-            if adapter in layer.lora_A or adapter in getattr(layer, "lora_embedding_A", {}):
-                merged = merged + layer.get_delta_weight(adapter).detach().float().cpu()
-        state[key] = merged.to(weight.dtype)
-    return state
-
-
-def save_merged(model, folder, **_ignored) -> None:
-    """Write the merged model to ``folder`` (config.json + model.safetensors, loadable by
-    ``AutoModelForCausalLM``) and the adapter alone to ``folder/adapter``."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    type(model).save_pretrained(model, str(folder / "adapter"))  # peft's own: the adapter only
-    base = model.get_base_model()
-    state = merged_state_dict(model)
-    config = copy.deepcopy(base.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    tied = getattr(config, "tie_word_embeddings", False)
-    seen, tensors = set(), {}
-    for key, tensor in state.items():
-        if tied and key == "lm_head.weight":
-            continue  # transformers ties it to the input embeddings again on load
-        pointer = (tensor.data_ptr(), tuple(tensor.shape))
-        if pointer in seen:  # safetensors cannot store one tensor twice
-            continue
-        seen.add(pointer)
-        tensors[key] = tensor.contiguous()
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(str(folder))
-    if getattr(base, "generation_config", None) is not None:
-        base.generation_config.save_pretrained(str(folder))

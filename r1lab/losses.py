@@ -1,6 +1,7 @@
 """Losses for R1-style training: GRPO, PPO (policy and value), SFT, reward model, DPO.
 
-All functions are pure functions of tensors (see docs/REFERENCE.md §2–§4).
+All functions are pure functions of tensors. Sources: PPO, Schulman et al. arXiv 1707.06347; GRPO and the k3 KL
+estimator, DeepSeekMath arXiv 2402.03300 §4.1; the GRPO variants DAPO arXiv 2503.14476 and Dr. GRPO arXiv 2503.20783.
 Shapes: B sequences, T token positions. Logprobs are per token, (B, T): log π(o_t | q, o_<t).
 ``mask`` (B, T), float or bool, is 1 on completion tokens and 0 on prompt and padding. Entries at
 masked positions are never read: they are replaced by 0 (``torch.where``) before any arithmetic,
@@ -21,7 +22,8 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 AGGREGATIONS = ("sequence", "token", "constant")
 
 # A log-ratio beyond ±20 (probability ratio 5e8) is never a real policy difference, only padding
-# garbage or a broken sampler; exp() overflows fp32/bf16 near 88, so clamp before exp to stay finite.
+# garbage or a broken sampler; exp() overflows fp32/bf16 near 88, so the k3 KL and the PPO/GRPO ratio clamp the
+# log-ratio to this bound before exp to stay finite.
 _MAX_LOG_RATIO = 20.0
 
 
@@ -47,7 +49,7 @@ def _masked_var(x: Tensor, mask: Tensor) -> Tensor:
 
 
 def aggregate(per_token: Tensor, mask: Tensor, mode: str, *, max_len: int | None = None) -> Tensor:
-    """Reduce a per-token quantity (B, T) to a scalar; this choice is where GRPO variants differ (§4).
+    """Reduce a per-token quantity (B, T) to a scalar; this choice is where GRPO variants differ.
 
     - "sequence": mean over each sequence's tokens, then mean over sequences (GRPO as printed,
       DeepSeekMath eq. 3; biased toward long wrong answers). Rows with no tokens are left out.
@@ -99,7 +101,11 @@ def _clipped_surrogate(
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO clipped objective per token, min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A), (B, T), and its stats."""
     m = mask.bool()
-    ratio = torch.exp(logprobs - old_logprobs.detach())  # π_old is a constant of the objective
+    # π_old is a constant of the objective. The clamp keeps exp() finite (fp32 overflows above ~88): without it an
+    # infinite ratio gives an infinite loss for A < 0, and a NaN gradient (inf · 0) even where the clipped term wins.
+    # Inside ±_MAX_LOG_RATIO clamp is the identity in value and gradient, so ordinary steps are bit-for-bit unchanged.
+    log_ratio = (logprobs - old_logprobs.detach()).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * advantages
     objective = torch.minimum(unclipped, clipped)
@@ -127,7 +133,7 @@ def grpo_loss(
     agg: str = "token",
     max_len: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """GRPO loss (DeepSeekMath eq. 3; REFERENCE §3) with the §4 variants as arguments.
+    """GRPO loss (DeepSeekMath eq. 3, arXiv 2402.03300 §4.1) with the DAPO and Dr. GRPO variants as arguments.
 
     logprobs (B, T) under π_θ, with grad; old_logprobs (B, T) under the sampling policy π_old
     (pass ``logprobs.detach()`` for one update per rollout, μ = 1: ρ = 1 in value, and the gradient
@@ -177,7 +183,7 @@ def ppo_policy_loss(
     agg: str = "token",
     max_len: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """PPO clipped policy loss (REFERENCE §2): −aggregate(min(ρA, clip(ρ, 1±ε)A)).
+    """PPO clipped policy loss (Schulman et al., arXiv 1707.06347 eq. 7): −aggregate(min(ρA, clip(ρ, 1±ε)A)).
 
     advantages (B, T), per token (from ``gae``). No KL term: PPO puts −β·KL into the reward.
     stats: "clip_frac", "ratio_mean", "ratio_max".
@@ -199,8 +205,9 @@ def value_loss(
     clip_eps_value: float = 0.2,
     agg: str = "token",
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clipped critic loss (REFERENCE §2): 0.5·max((V − R)², (clip(V, V_old − ε_v, V_old + ε_v) − R)²).
+    """Clipped critic loss: 0.5·max((V − R)², (clip(V, V_old − ε_v, V_old + ε_v) − R)²).
 
+    Value clipping comes from common PPO implementations; the PPO paper's value loss is unclipped.
     values (B, T) with grad; old_values (B, T) from the rollout; returns (B, T) from ``gae``.
     stats: "value_clip_frac" (share of tokens where the clipped error was the larger one),
     "explained_variance" (1 − Var(R − V)/Var(R) over masked tokens; 0.0 when Var(R) = 0).

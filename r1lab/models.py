@@ -3,15 +3,21 @@
 The tiny model is a small Qwen2-shaped transformer (a real ``transformers`` architecture, so the tiny path and the
 real-model path are the same code) with a character tokenizer built with the ``tokenizers`` library. The R1 tags and
 the fixed parts of the R1-Zero template are single tokens, so the template costs two tokens instead of ~400 characters.
+
+Every policy is saved with ``save_weights`` (``save_model`` adds the tokenizer, atomically): plain Hugging Face weights,
+merged for a LoRA policy, with its adapter beside them.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
 
 import torch
+
+from r1lab.checkpoint import atomic_dir
 
 log = logging.getLogger("r1lab")
 
@@ -94,7 +100,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def load_tokenizer(name_or_path: str):
     """Load a tokenizer; the tiny tokenizer is forced to ``PreTrainedTokenizerFast`` (AutoTokenizer can pick a class
-    that drops spaces for a character vocabulary, REFERENCE.md §5)."""
+    that drops spaces for a character vocabulary; README, "Notes")."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     marker = Path(name_or_path) / "r1lab_tiny.json"
@@ -125,16 +131,93 @@ def load_model(name_or_path: str, *, dtype: str = "float32", device: str | torch
 
 def save_model(model, tokenizer, path: str | Path, *, extra: dict | None = None) -> Path:
     """Save in Hugging Face format, atomically: write to a temporary sibling folder, then rename."""
-    from r1lab.checkpoint import atomic_dir
-
     with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if getattr(tokenizer, "_r1lab_tiny", False):
-            (Path(tmp) / "r1lab_tiny.json").write_text(json.dumps({"tokenizer": "char"}))
+        save_weights(model, tmp)
+        write_tokenizer(tokenizer, tmp)
         if extra:
             (Path(tmp) / "r1lab.json").write_text(json.dumps(extra, indent=2))
     return Path(path)
+
+
+def is_lora_model(model) -> bool:
+    """True for a peft (LoRA / QLoRA) model; checked by its class's module, so peft need not be installed."""
+    return type(model).__module__.startswith("peft.")
+
+
+def save_weights(model, folder: str | Path) -> None:
+    """Write a policy's weights and config to ``folder`` in plain Hugging Face format (``AutoModelForCausalLM`` loads
+    it). A LoRA policy is written merged, with its adapter alone in ``folder/adapter`` to resume from."""
+    if is_lora_model(model):
+        save_merged(model, folder)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+
+
+def write_tokenizer(tokenizer, folder: str | Path) -> None:
+    """``tokenizer.save_pretrained(folder)``, plus the marker that makes ``load_tokenizer`` rebuild the tiny one."""
+    tokenizer.save_pretrained(folder)
+    if getattr(tokenizer, "_r1lab_tiny", False):
+        (Path(folder) / "r1lab_tiny.json").write_text(json.dumps({"tokenizer": "char"}))
+
+
+def merged_state_dict(model) -> dict[str, torch.Tensor]:
+    """Weights of the base with every active adapter added in (on CPU), named as in the plain model."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    state: dict[str, torch.Tensor] = {}
+    layers = {name: module for name, module in base.named_modules() if isinstance(module, LoraLayer)}
+    quantized = {name for name, module in base.named_modules()
+                 if hasattr(getattr(module, "weight", None), "quant_state")}
+    for key, tensor in base.state_dict().items():
+        if ".lora_" in key or any(key.startswith(q + ".weight.") for q in quantized):
+            continue  # adapter weights, and bitsandbytes' quantization state (absmax, quant_map, ...)
+        state[key.replace(".base_layer.", ".")] = tensor.detach().cpu()
+    if quantized:
+        from peft.utils.integrations import dequantize_module_weight
+    for name in quantized:  # QLoRA: the frozen base back in the compute dtype
+        module = base.get_submodule(name)
+        state[name.replace(".base_layer", "") + ".weight"] = dequantize_module_weight(module).detach().cpu()
+    for name, layer in layers.items():
+        key = f"{name}.weight"
+        weight = state[key]
+        if layer.merged:  # the adapter is already inside the base weight
+            continue
+        merged = weight.float()
+        for adapter in layer.active_adapters:
+            if adapter in layer.lora_A or adapter in getattr(layer, "lora_embedding_A", {}):
+                merged = merged + layer.get_delta_weight(adapter).detach().float().cpu()
+        state[key] = merged.to(weight.dtype)
+    return state
+
+
+def save_merged(model, folder: str | Path) -> None:
+    """Write a peft model merged to ``folder`` (config.json + model.safetensors, loadable by
+    ``AutoModelForCausalLM``) and the adapter alone to ``folder/adapter``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder / "adapter"))  # peft's own: the adapter only
+    base = model.get_base_model()
+    state = merged_state_dict(model)
+    config = copy.deepcopy(base.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    tied = getattr(config, "tie_word_embeddings", False)
+    seen, tensors = set(), {}
+    for key, tensor in state.items():
+        if tied and key == "lm_head.weight":
+            continue  # transformers ties it to the input embeddings again on load
+        pointer = (tensor.data_ptr(), tuple(tensor.shape))
+        if pointer in seen:  # safetensors cannot store one tensor twice
+            continue
+        seen.add(pointer)
+        tensors[key] = tensor.contiguous()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(str(folder))
+    if getattr(base, "generation_config", None) is not None:
+        base.generation_config.save_pretrained(str(folder))
 
 
 def count_parameters(model) -> int:

@@ -19,6 +19,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from r1lab.checkpoint import atomic_write_json
+
 TRAINING_CURVES_FILE = "training_curves.png"
 DIAGNOSTICS_FILE = "training_diagnostics.png"
 REASONING_FILE = "reasoning_curves.png"
@@ -318,8 +320,8 @@ def _format_count(value) -> str:
     return str(int(value)) if _is_plottable_number(value) else "—"
 
 
-SUMMARY_COLUMNS: list[tuple[str, str, Callable[[object], str]]] = [
-    # (header, key in the stage's "eval" dict, formatter)
+SUMMARY_COLUMNS: list[tuple[str, str | tuple[str, ...], Callable[[object], str]]] = [
+    # (header, key in the stage's "eval" dict (or keys, the first one present wins), formatter)
     ("pass@1", "pass@1", _format_rate),
     ("cons@k", "cons@k", _format_rate),
     ("k", "k", _format_count),
@@ -330,11 +332,21 @@ SUMMARY_COLUMNS: list[tuple[str, str, Callable[[object], str]]] = [
 ]
 
 
-# Columns shown only when some stage reports them (tasks with self-checks, issue 6).
-OPTIONAL_SUMMARY_COLUMNS: list[tuple[str, str, Callable[[object], str]]] = [
-    ("checks per completion", "checks_per_completion", _format_checks),
-    ('"ok" precision', "ok_precision", _format_rate),
+# Columns shown only when some stage reports them (tasks with self-checks, issue 6). The evaluation summary holds the
+# task's metrics under their own keys (task.metrics: "checks/per_completion", ...); runs written before that used
+# "checks_per_completion" and "ok_precision", still read so that their reports keep these numbers.
+OPTIONAL_SUMMARY_COLUMNS: list[tuple[str, str | tuple[str, ...], Callable[[object], str]]] = [
+    ("checks per completion", ("checks/per_completion", "checks_per_completion"), _format_checks),
+    ('"ok" precision', ("checks/ok_precision", "ok_precision"), _format_rate),
 ]
+
+
+def _eval_value(results: dict, key: str | tuple[str, ...]):
+    """The value of a column in one stage's evaluation: the first of its keys that is present and not None."""
+    for name in (key,) if isinstance(key, str) else key:
+        if results.get(name) is not None:
+            return results[name]
+    return None
 
 
 def _stage_evals(summary: dict) -> list[tuple[dict, dict]]:
@@ -343,9 +355,10 @@ def _stage_evals(summary: dict) -> list[tuple[dict, dict]]:
     return [(stage, stage["eval"] if isinstance(stage.get("eval"), dict) else {}) for stage in stages]
 
 
-def _columns(summary: dict) -> list[tuple[str, str, Callable[[object], str]]]:
-    reported = {key for _, results in _stage_evals(summary) for key, value in results.items() if value is not None}
-    return SUMMARY_COLUMNS + [column for column in OPTIONAL_SUMMARY_COLUMNS if column[1] in reported]
+def _columns(summary: dict) -> list[tuple[str, str | tuple[str, ...], Callable[[object], str]]]:
+    evals = [results for _, results in _stage_evals(summary)]
+    return SUMMARY_COLUMNS + [column for column in OPTIONAL_SUMMARY_COLUMNS
+                              if any(_eval_value(results, column[1]) is not None for results in evals)]
 
 
 def summary_rows(summary: dict) -> list[list[str]]:
@@ -355,7 +368,7 @@ def summary_rows(summary: dict) -> list[list[str]]:
     rows = []
     for stage, results in _stage_evals(summary):
         row = [str(stage.get("stage", "?")), str(stage.get("kind") or "—")]
-        row += [formatter(results.get(key)) for _, key, formatter in columns]
+        row += [formatter(_eval_value(results, key)) for _, key, formatter in columns]
         data = stage.get("data") if isinstance(stage.get("data"), dict) else {}
         row.append(_format_count(data.get("rows")))
         rows.append(row)
@@ -563,8 +576,6 @@ def write_combined_report(run_dirs: list[str | Path], out_dir: str | Path) -> Pa
         sections.append(f'<h2 id="run-{html.escape(name)}">{html.escape(name)}</h2>\n{body}')
     title = "r1lab report: " + ", ".join(s["run"] for s in summaries)
     body = f"<h1>{html.escape(title)}</h1>\n<ul>{''.join(contents)}</ul>\n" + "\n".join(sections)
-    from r1lab.checkpoint import atomic_write_json
-
     atomic_write_json(out_dir / "summary.json", {"runs": summaries})
     path = out_dir / REPORT_FILE
     path.write_text(_page(title, body), encoding="utf-8")

@@ -1,17 +1,71 @@
-"""One rollout for online RL (shared by GRPO and PPO): prompts -> G completions each -> rewards -> token batch."""
+"""One rollout for online RL (shared by GRPO and PPO): prompts -> G completions each -> rewards -> token batch,
+and the metrics a user watches."""
 
 from __future__ import annotations
 
 import json
 import statistics
+import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from r1lab.advantages import zero_spread_groups
+from r1lab.config import doc
 from r1lab.engine import Generation, SamplingParams
+from r1lab.generation import Generator, sample_and_score
 from r1lab.logprobs import Batch, make_batch
-from r1lab.rewards import ScoreResult, score_completions
+from r1lab.rewards import ScoreResult
+from r1lab.models import peak_memory
+from r1lab.policy import OptimizerSettings, Policy
+from r1lab.stage import Stage
+from r1lab.tasks import TaskConfig, task_metrics
+
+
+@dataclass
+class OnlineRLConfig:
+    """The settings GRPO and PPO share: the rollout, the rewards, the optimizer and the log. Each trainer's config
+    adds its algorithm's own fields."""
+
+    init: str = doc("", "Checkpoint to start from: an earlier stage's name, a path or hub id (empty: previous stage).")
+    steps: int = doc(200, "RL steps (one rollout each).")
+    prompts_per_step: int = doc(16, "Training problems per step.")
+    max_new_tokens: int = doc(64, "Longest completion; longer ones are cut and count as truncated.")
+    temperature: float = doc(1.0, "Sampling temperature for rollouts (R1-Zero: 1.0).")
+    top_p: float = doc(1.0, "Nucleus sampling for rollouts (1.0 keeps sampler and trainer logprobs consistent).")
+    top_k: int = doc(0, "Top-k sampling for rollouts (0: off).")
+    lr: float = doc(1e-4, "Peak learning rate of the policy (AdamW).")
+    lr_schedule: Literal["constant", "cosine", "linear"] = doc("constant", "Decay after warmup (to 10% at the end).")
+    warmup_steps: int = doc(5, "Linear learning-rate warmup steps.")
+    weight_decay: float = doc(0.0, "AdamW weight decay.")
+    adam_betas: list[float] = doc([0.9, 0.99], "AdamW β1, β2 (β2 0.99: second moments that follow the fast-moving "
+                                               "RL gradients).")
+    max_grad_norm: float = doc(1.0, "Gradient clipping by the global norm of every trained weight (0: off).")
+    mask_truncated: bool = doc(False, "No loss on completions cut at max_new_tokens (DAPO overlong filtering).")
+    rewards: dict[str, float] = doc({"accuracy": 1.0, "format": 0.1},
+                                    "Reward name, module:function or file.py:function -> weight.")
+    rewards_by_task: dict[str, dict[str, float]] = doc(
+        {}, "Per source task (an example's 'task' field), a reward set used instead of `rewards`, e.g. "
+            "{domain: {'reward_model:rm': 1.0}} (R1's all-scenario RL; 'reward_model:<stage>' names a reward_model "
+            "stage of this run).")
+    task: TaskConfig = doc(TaskConfig(name=""), "Training prompts from this task instead of the run's (empty name: "
+                                                "the run's), e.g. a mixture of reasoning and domain prompts; "
+                                                "evaluation stays on the run's task.")
+    eval_every: int = doc(25, "Quick held-out evaluation every N steps (0: only at the end).")
+    save_every: int = doc(50, "Save a resumable checkpoint every N steps (0: only at the end).")
+    log_samples: int = doc(4, "Completions written to samples.jsonl per logged step.")
+    samples_every: int = doc(10, "Write samples every N steps.")
+    truncation_warning: float = doc(0.5, "Warn when more than this share of a step's completions is cut off.")
+    eval: bool = doc(True, "Evaluate the final policy on the held-out split.")
+
+    def optimizer_settings(self, extra_groups: list[dict] | None = None) -> OptimizerSettings:
+        return OptimizerSettings(lr=self.lr, betas=tuple(self.adam_betas), weight_decay=self.weight_decay,
+                                 max_grad_norm=self.max_grad_norm, extra_groups=list(extra_groups or []))
+
+    def check(self) -> None:
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
 
 
 @dataclass
@@ -27,25 +81,23 @@ class Rollout:
     group_size: int
 
 
-def collect_rollout(engine, template, examples: list[dict], group_size: int, params: SamplingParams,
+def collect_rollout(generator: Generator, template, examples: list[dict], group_size: int, params: SamplingParams,
                     reward_weights: dict[str, float], pad_id: int, *, mask_truncated: bool = False,
                     rewards_by_task: dict[str, dict[str, float]] | None = None) -> Rollout:
-    """Sample ``group_size`` completions per example and score them.
+    """Sample ``group_size`` completions per example and score them (``r1lab.generation.sample_and_score``).
 
     ``mask_truncated``: completions cut at max_new_tokens get no loss (DAPO's overlong filtering), so the policy is
     not pushed toward or away from an answer it never finished. ``rewards_by_task``: see ``score_completions``.
     """
-    groups = engine.generate([template.render(ex["prompt"]) for ex in examples], group_size, params)
-    generations = [g for group in groups for g in group]
-    flat_examples = [ex for ex in examples for _ in range(group_size)]
-    responses = [template.prefill + g.text for g in generations]
-    scores = score_completions(responses, flat_examples, reward_weights, rewards_by_task)
+    samples = sample_and_score(generator, template, examples, group_size, params, rewards=reward_weights,
+                               rewards_by_task=rewards_by_task)
+    generations = samples.generations
     batch = make_batch([g.prompt_ids for g in generations], [g.completion_ids for g in generations], pad_id)
     if mask_truncated:
         keep = torch.tensor([0.0 if g.truncated else 1.0 for g in generations])
         batch.completion_mask = batch.completion_mask * keep[:, None]
-    rewards = torch.tensor(scores.total, dtype=torch.float32)
-    return Rollout(flat_examples, generations, responses, scores, rewards, batch, group_size)
+    rewards = torch.tensor(samples.scores.total, dtype=torch.float32)
+    return Rollout(samples.examples, generations, samples.responses, samples.scores, rewards, batch, group_size)
 
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -79,8 +131,9 @@ def select_groups(rollout: Rollout, keep_groups: torch.Tensor) -> Rollout:
                    rollout.rewards[index], rollout.batch.select(torch.tensor(index)), g)
 
 
-def rollout_metrics(rollout: Rollout) -> dict:
-    """What a user needs to see about a rollout (the loss alone says little in GRPO, REFERENCE.md §4)."""
+def rollout_metrics(rollout: Rollout, task=None) -> dict:
+    """What a user needs to see about a rollout (in GRPO the loss alone says little: it starts near 0 whatever
+    the policy does), plus the metrics of the task the prompts came from (``r1lab.tasks.task_metrics``)."""
     lengths = [len(g.completion_ids) for g in rollout.generations]
     metrics = {
         "reward/mean": rollout.rewards.mean().item(),
@@ -99,23 +152,8 @@ def rollout_metrics(rollout: Rollout) -> dict:
     ordered = sorted(lengths)
     for q in (10, 50, 90):
         metrics[f"completion/length_p{q}"] = _percentile(ordered, q)
-    metrics.update(task_accuracy_metrics(rollout))
-    metrics.update(check_metrics(rollout))
+    metrics.update(task_metrics(task, rollout.examples, rollout.responses) if task is not None else {})
     return metrics
-
-
-def task_accuracy_metrics(rollout: Rollout) -> dict:
-    """accuracy/task_<name> per source task when a rollout mixes tasks (all-scenario RL); empty otherwise.
-    Verified by each example's verifier whatever the rewards were (a reward model scores domain prompts)."""
-    from r1lab.rewards import extract_answer
-    from r1lab.tasks import verify
-
-    if len({str(example.get("task")) for example in rollout.examples}) < 2:
-        return {}  # a single-task rollout: nothing to verify again on the RL step
-    by_task: dict[str, list[bool]] = {}
-    for example, response in zip(rollout.examples, rollout.responses):
-        by_task.setdefault(str(example.get("task")), []).append(bool(verify(extract_answer(response), example)))
-    return {f"accuracy/task_{name}": statistics.fmean(flags) for name, flags in sorted(by_task.items())}
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -124,39 +162,6 @@ def _percentile(ordered: list[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
-
-
-def check_metrics(rollout: Rollout) -> dict:
-    """Self-checking in the completions of tasks whose reasoning has checks (r1lab.tasks.checks.CHECK_TASKS).
-
-    checks/per_completion, checks/revisions_per_completion, checks/ok_precision and checks/no_precision (when such
-    marks exist) and accuracy/by_checks/{0,1,2,3+} (pass rate of the completions with that many checks, when any).
-    Empty for other tasks.
-    """
-    from r1lab.rewards import extract_answer
-    from r1lab.tasks import verify
-    from r1lab.tasks.checks import CHECK_TASKS, summarize_checks
-
-    index = [i for i, ex in enumerate(rollout.examples) if ex.get("task") in CHECK_TASKS]
-    if not index:
-        return {}
-    responses = [rollout.responses[i] for i in index]
-    examples = [rollout.examples[i] for i in index]
-    correct = [bool(verify(extract_answer(r), ex)) for r, ex in zip(responses, examples)]
-    summary = summarize_checks(responses, examples, correct)
-    metrics = {"checks/per_completion": summary["checks_per_completion"],
-               "checks/revisions_per_completion": summary["revisions_per_completion"]}
-    for key in ("ok_precision", "no_precision"):
-        if summary[key] is not None:
-            metrics[f"checks/{key}"] = summary[key]
-    buckets: dict[str, list[int]] = {}  # "0", "1", "2", "3+" -> [correct, count]
-    for n, entry in summary["accuracy_by_checks"].items():
-        bucket = buckets.setdefault(str(n) if n < 3 else "3+", [0, 0])
-        bucket[0] += round(entry["pass_rate"] * entry["count"])
-        bucket[1] += entry["count"]
-    for name, (hits, count) in buckets.items():
-        metrics[f"accuracy/by_checks/{name}"] = hits / count
-    return metrics
 
 
 def sample_lines(rollout: Rollout, stage: str, step: int, limit: int) -> list[str]:
@@ -169,3 +174,54 @@ def sample_lines(rollout: Rollout, stage: str, step: int, limit: int) -> list[st
             "rewards": {k.rsplit(":", 1)[-1]: v[i] for k, v in rollout.scores.per_reward.items()},
             "truncated": rollout.generations[i].truncated}))
     return lines
+
+
+# --- what every online RL step does around its algorithm --------------------------------------------------------
+
+def training_pool(task, cfg: OnlineRLConfig, seed: int) -> list[dict]:
+    """The training problems a stage draws its prompts from (the same for GRPO and PPO, so that both see the same
+    problems at every step)."""
+    return task.examples("train", max(4096, cfg.prompts_per_step * 64), seed=seed)
+
+
+def draw_rollout(generator: Generator, stage: Stage, cfg, pool: list[dict], draws: torch.Generator,
+                 sample_seed: int, pad_id: int) -> Rollout:
+    """``prompts_per_step`` problems drawn from ``pool`` with ``draws``, ``cfg.group_size`` completions each, scored."""
+    index = torch.randint(len(pool), (cfg.prompts_per_step,), generator=draws).tolist()
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                            max_new_tokens=cfg.max_new_tokens, seed=sample_seed)
+    return collect_rollout(generator, stage.template, [pool[i] for i in index], cfg.group_size, params, cfg.rewards,
+                           pad_id, mask_truncated=cfg.mask_truncated, rewards_by_task=cfg.rewards_by_task)
+
+
+def step_seeds(seed: int, step: int) -> tuple[torch.Generator, int]:
+    """The prompt draws and the sampling seed of an RL step: fixed by (run seed, step), so a resumed run samples
+    what an uninterrupted one would."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step), seed * 7919 + step * 101
+
+
+def warn_if_truncated(stage: Stage, cfg: OnlineRLConfig, step: int, metrics: dict) -> None:
+    if metrics["completion/truncated_frac"] > cfg.truncation_warning:
+        stage.warn(f"step {step}: {metrics['completion/truncated_frac']:.0%} of completions hit max_new_tokens="
+                   f"{cfg.max_new_tokens} and were cut off (they earn no accuracy reward); raise max_new_tokens")
+
+
+def finish_step(stage: Stage, cfg: OnlineRLConfig, policy: Policy, generator: Generator, step: int,
+                rollout: Rollout, metrics: dict, started: float, progress: str, *, extra: dict | None = None,
+                write_more=None) -> None:
+    """The end of RL step ``step`` (0-based): learning rates, time and memory into ``metrics``, which are logged;
+    samples every ``samples_every`` steps; progress; the quick evaluation and the resumable checkpoint when due."""
+    metrics.update({**policy.learning_rates(), "step_seconds": time.time() - started, **peak_memory(policy.device)})
+    stage.log_metrics(step + 1, metrics)
+    if cfg.samples_every and (step % cfg.samples_every == 0 or step + 1 == cfg.steps):
+        stage.log_samples(sample_lines(rollout, stage.name, step + 1, cfg.log_samples))
+    stage.progress(step + 1, cfg.steps, progress)
+    if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+        stage.quick_eval(generator, step=step + 1)
+    if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+        stage.save_checkpoint(policy, step + 1, extra=extra, write_more=write_more)
+
+
+def add_stats(totals: dict[str, float], stats: dict[str, float]) -> None:
+    for key, value in stats.items():
+        totals[key] = totals.get(key, 0.0) + value

@@ -25,8 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r1lab.config import ConfigError
+from r1lab.pipeline import load_recipe
+from r1lab.report import write_combined_report
+# The thread-share file protocol lives in r1lab.threads (the pipeline reads it); its names stay importable from here.
+from r1lab.threads import THREADS_FILE_ENV, threads_from_file, write_threads_file
 
-THREADS_FILE_ENV = "R1LAB_THREADS_FILE"
+__all__ = ["THREADS_FILE_ENV", "available_cores", "run_side_by_side", "thread_shares", "threads_from_file"]
 
 
 def available_cores() -> int:
@@ -46,17 +50,6 @@ def thread_shares(cores: int, running: int) -> list[int]:
     return [max(1, base + (1 if i < extra else 0)) for i in range(running)]
 
 
-def threads_from_file(path: str | None) -> int:
-    """The thread count a side-by-side parent gave this process (0: none given, or unreadable)."""
-    if not path:
-        return 0
-    try:
-        value = int(Path(path).read_text().strip())
-    except (OSError, ValueError):
-        return 0
-    return value if value > 0 else 0
-
-
 @dataclass
 class _Child:
     recipe: str
@@ -64,12 +57,6 @@ class _Child:
     run_dir: Path
     threads_file: Path
     process: subprocess.Popen | None = None
-
-
-def _write_threads(path: Path, threads: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(str(threads))
-    os.replace(tmp, path)  # a child never reads a half-written number
 
 
 def _relay(child: _Child, lock: threading.Lock) -> None:
@@ -86,9 +73,6 @@ def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int = 0,
     """Run ``recipes`` (each with the same ``overrides``) as child processes, at most ``jobs`` at once (0: all),
     then write one report over their runs. Returns 0 when every recipe finished, else 1 (the others still run to
     their end; each failed one resumes when run again)."""
-    from r1lab.pipeline import load_recipe
-    from r1lab.report import write_combined_report
-
     # Every recipe is read and checked before anything starts, so a typo in the second does not surface minutes in.
     configs = [load_recipe(recipe, overrides)[0] for recipe in recipes]
     run_dirs = [Path(run.output_dir) / run.name for run in configs]
@@ -116,7 +100,7 @@ def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int = 0,
                     running.append(pending.pop(0))
                 for child, threads in zip(running, thread_shares(cores, len(running))):
                     if not fixed_threads:
-                        _write_threads(child.threads_file, threads)
+                        write_threads_file(child.threads_file, threads)
                     if child.process is None:  # after its share is written: it reads it as it starts
                         child.process = _start(child, overrides, quiet)
                         relays.append(threading.Thread(target=_relay, args=(child, lock), daemon=True))

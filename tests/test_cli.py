@@ -88,6 +88,35 @@ def grpo_recipe(tmp_path, model, *, rewards=None, max_new_tokens=12, task=None):
     return path
 
 
+def help_config(*kind):
+    return subprocess.run([sys.executable, "-m", "r1lab", "run", "--help-config", *kind], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+def test_help_config_lists_every_key_of_a_stage_kind():
+    result = help_config("grpo")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert "float" in lines["clip_eps"] and "0.2" in lines["clip_eps"]
+    assert "kl_coef" in lines and "task.name" in lines and "group_size" in lines
+    assert "lora.r" not in lines and "Stage kind 'ppo'" not in result.stdout  # that kind only, no run-level keys
+
+
+def test_help_config_without_a_kind_lists_run_keys_and_every_kind():
+    result = help_config()
+    assert result.returncode == 0, result.stderr
+    keys = {line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert {"lora.r", "eval.k", "filters.min_language_share", "clip_eps"} <= keys
+    assert "Stage kind 'ppo'" in result.stdout and "Stage kind 'sft'" in result.stdout
+
+
+def test_help_config_unknown_kind_names_the_known_ones():
+    result = help_config("grpx")
+    assert result.returncode != 0
+    assert "unknown stage kind 'grpx'" in result.stderr and "grpo" in result.stderr and "ppo" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_unknown_key_is_a_clear_cli_error(tmp_path, tiny_checkpoint):
     path = grpo_recipe(tmp_path, tiny_checkpoint)
     result = r1lab("run", path, "stages.grpo.learning_rate=1")

@@ -1,10 +1,12 @@
 import dataclasses
 import textwrap
+from typing import Literal
 
 import pytest
 
-from r1lab.config import ConfigError, apply_overrides, field_docs, from_dict
-from r1lab.pipeline import STAGE_KINDS, EvalConfig, RunConfig, TaskConfig, load_recipe
+from r1lab.config import ConfigError, apply_overrides, describe_fields, doc, field_docs, from_dict, render_fields
+from r1lab.pipeline import STAGE_KINDS, EvalConfig, RunConfig, load_recipe
+from r1lab.tasks import TaskConfig
 from r1lab.templates import TemplateConfig
 
 
@@ -80,6 +82,56 @@ def test_missing_recipe_file():
 def test_every_config_field_has_a_doc(cls):
     missing = [name for name, text in field_docs(cls).items() if not text.strip()]
     assert not missing, f"{cls.__name__} fields without a doc: {missing}"
+    nested = [key for key, _, _, text in describe_fields(cls) if not text.strip()]  # sections' fields too
+    assert not nested, f"{cls.__name__} nested fields without a doc: {nested}"
+
+
+@dataclasses.dataclass
+class _Adapters:
+    r: int = doc(16, "Adapter rank.")
+    targets: list[str] = doc(["q_proj"], "Layers that get adapters.")
+
+
+@dataclasses.dataclass
+class _Stage:
+    lr: float = doc(1e-4, "Peak learning rate.")
+    clip_high: float | None = doc(None, "Upper clip (empty: the lower one).")
+    schedule: Literal["constant", "cosine"] = doc("constant", "Decay after warmup.")
+    lora: _Adapters = doc(_Adapters(), "Adapter settings.")
+    rewards: dict[str, float] = doc({"accuracy": 1.0}, "Reward -> weight.")
+    name: str = doc("", "Name (empty: none).")
+
+
+def test_describe_fields_lists_nested_keys_types_defaults_and_docs():
+    assert describe_fields(_Stage) == [
+        ("lr", "float", "0.0001", "Peak learning rate."),
+        ("clip_high", "float | None", "null", "Upper clip (empty: the lower one)."),
+        ("schedule", "constant|cosine", '"constant"', "Decay after warmup."),
+        ("lora", "section", "", "Adapter settings."),
+        ("lora.r", "int", "16", "Adapter rank."),
+        ("lora.targets", "list[str]", '["q_proj"]', "Layers that get adapters."),
+        ("rewards", "dict[str, float]", '{"accuracy": 1.0}', "Reward -> weight."),
+        ("name", "str", '""', "Name (empty: none)."),
+    ]
+    assert describe_fields(_Adapters, prefix="stages.x.")[0][0] == "stages.x.r"
+
+
+def test_render_fields_one_aligned_line_per_field():
+    rows = describe_fields(_Stage)
+    lines = render_fields(rows).splitlines()
+    assert len(lines) == len(rows)
+    for line, (key, type_, default, text) in zip(lines, rows):
+        assert line.split()[0] == key and type_ in line and default in line and line.endswith(text)
+    assert len({line.index(text) for line, (*_, text) in zip(lines, rows)}) == 1  # docs start in one column
+    assert render_fields([]) == ""
+
+
+def test_describe_fields_of_the_real_configs():
+    grpo = {key: (type_, default, text) for key, type_, default, text in describe_fields(STAGE_KINDS["grpo"])}
+    assert grpo["clip_eps"][:2] == ("float", "0.2") and "ε" in grpo["clip_eps"][2]
+    assert grpo["kl_coef"][0] == "float" and grpo["task.name"][0] == "str"
+    run = {key: default for key, _, default, _ in describe_fields(RunConfig)}
+    assert run["lora.r"] == "16" and run["eval.k"] == "4" and run["lora.enabled"] == "false"
 
 
 def test_from_dict_rejects_bool_for_int_and_accepts_int_for_float():

@@ -1,4 +1,5 @@
-"""The countdown_checks task, check parsing, the reliability gate, rollout check metrics and the reasoning plot."""
+"""The countdown_checks task, check parsing, the reliability gate, the Countdown tasks' metrics (rollout and
+evaluation) and the reasoning plot."""
 
 import json
 import random
@@ -7,11 +8,11 @@ import pytest
 import torch
 
 from r1lab.engine import Generation
-from r1lab.evaluate import check_reliability
+from r1lab.train.check_gate import check_reliability
 from r1lab.report import plot_reasoning_metrics, write_report
 from r1lab.rewards import ScoreResult, extract_answer, format_reward
 from r1lab.rollout import Rollout, rollout_metrics
-from r1lab.tasks import TASKS, get_task, verify
+from r1lab.tasks import TASKS, get_task, task_metrics, verify
 from r1lab.tasks.checks import count_revisions, parse_checks, reasoning_text, summarize_checks
 
 EX = {"prompt": "3 5 7 -> 22", "answer": "3*5+7", "verifier": "countdown", "task": "countdown_checks",
@@ -206,11 +207,14 @@ def test_check_reliability_with_a_fake_engine():
 
     summary = evaluate_model(FakeEngine(texts), task, template, num_problems=5, k=3, temperature=0.6, top_p=0.95,
                              max_new_tokens=32, seed=0)
-    assert summary["checks_per_completion"] == 1.0 and summary["revisions_per_completion"] == round(1 / 3, 4)
-    assert summary["ok_precision"] == 0.0 and summary["no_precision"] == 1.0
+    # the task's metrics (task.metrics), rounded to 4 places
+    assert summary["checks/per_completion"] == 1.0 and summary["checks/revisions_per_completion"] == round(1 / 3, 4)
+    assert summary["checks/ok_precision"] == 0.0 and summary["checks/no_precision"] == 1.0
+    assert [summary[f"accuracy/by_checks/{n}"] for n in (0, 1, 2)] == [0.0, 0.0, 0.0]
+    assert "accuracy/by_checks/3+" not in summary
     arithmetic = evaluate_model(FakeEngine(["<think>1</think><answer>2</answer>"]), get_task("arithmetic"),
                                 template, num_problems=2, k=1, temperature=0.6, top_p=0.95, max_new_tokens=8, seed=0)
-    assert "checks_per_completion" not in arithmetic
+    assert not any(key.startswith(("checks", "accuracy/by_checks")) for key in arithmetic)
 
 
 # --- rollout metrics ---
@@ -229,7 +233,7 @@ def test_rollout_metrics_add_checks_for_countdown_tasks_and_length_percentiles_a
                  "<think>target 22 3+5+7=15 15-22=-7 no 5+7-3=9 9-22=-13 no 7*3+5=26 26-22=4 ok</think>"
                  "<answer>7*3+5</answer>",
                  "<think>target 22 3+5+7=15</think><answer>3+5+7</answer>"]
-    metrics = rollout_metrics(_rollout(responses, [ex] * 4, [10, 20, 30, 40]))
+    metrics = rollout_metrics(_rollout(responses, [ex] * 4, [10, 20, 30, 40]), _task())
     assert metrics["completion/length_p50"] == 25.0
     assert metrics["completion/length_p10"] == pytest.approx(13.0)
     assert metrics["completion/length_p90"] == pytest.approx(37.0)
@@ -240,9 +244,57 @@ def test_rollout_metrics_add_checks_for_countdown_tasks_and_length_percentiles_a
     assert "completion/length_mean" in metrics and "reward/accuracy" in metrics
 
     plain = {"prompt": "1+1", "answer": "2", "verifier": "integer", "task": "arithmetic"}
-    metrics = rollout_metrics(_rollout(["<answer>2</answer>", "<answer>3</answer>"], [plain] * 2, [5, 5]))
+    metrics = rollout_metrics(_rollout(["<answer>2</answer>", "<answer>3</answer>"], [plain] * 2, [5, 5]),
+                              get_task("arithmetic"))
     assert not any(k.startswith(("checks/", "accuracy/by_checks")) for k in metrics)
     assert metrics["completion/length_p10"] == metrics["completion/length_p90"] == 5.0
+
+
+# --- the task metrics hook (task.metrics, through task_metrics) ---
+
+COUNTDOWN = {"prompt": "2 3 4 -> 14", "answer": "2+3*4", "verifier": "countdown", "task": "countdown",
+             "numbers": [2, 3, 4], "target": 14}
+ARITHMETIC = {"prompt": "1+1", "answer": "2", "verifier": "integer", "task": "arithmetic"}
+CHECKED = [  # (example, response): checks, revisions, correct
+    (EX, "<think>target 22 3+5+7=15 15-22=-7 no 3*5+7=22 22-22=0 ok</think><answer>3*5+7</answer>"),  # 2, 1, yes
+    (EX, "<think>target 22 3+5+7=15 15-22=-7 ok</think><answer>3+5+7</answer>"),  # 1 ("ok" on a miss), 0, no
+    (COUNTDOWN, "<think>2*3+4=10 no 2+3+4=9 no 3*4-2=10 no 2+3*4=14 ok</think><answer>2+3*4</answer>"),  # 4, 3, yes
+    (COUNTDOWN, "<think>2+3+4=9 no 2*3*4=24 no 4*3+2=14 ok</think><answer>4*3-2</answer>"),  # 3, 2, no
+    (COUNTDOWN, "<answer>2*3*4</answer>"),  # 0, 0, no
+    (ARITHMETIC, "<think>1+1=2 ok</think><answer>2</answer>"),  # not a check task: not counted
+]
+
+
+def test_countdown_metrics_from_literal_completions():
+    examples, responses = [ex for ex, _ in CHECKED], [r for _, r in CHECKED]
+    expected = {
+        "checks/per_completion": 10 / 5,  # 2 + 1 + 4 + 3 + 0 checks over the five check-task completions
+        "checks/revisions_per_completion": 6 / 5,  # 1 + 0 + 3 + 2 + 0
+        "checks/ok_precision": 3 / 4,  # four "ok" marks, three on real hits
+        "checks/no_precision": 1.0,  # six "no" marks, all on real misses
+        "accuracy/by_checks/0": 0.0, "accuracy/by_checks/1": 0.0, "accuracy/by_checks/2": 1.0,
+        "accuracy/by_checks/3+": 0.5,  # 4 checks (right) and 3 checks (wrong) share the bucket
+    }
+    for task in (_task(), get_task("countdown")):  # countdown_checks inherits countdown's hook
+        assert task_metrics(task, examples, responses) == pytest.approx(expected)
+        assert task.metrics(examples, responses) == pytest.approx(expected)
+
+
+def test_countdown_metrics_leave_out_what_is_not_there():
+    # no marks: no precision; only the buckets that have completions
+    assert task_metrics(_task(), [COUNTDOWN, COUNTDOWN], ["<answer>2+3*4</answer>", "<answer>2*3*4</answer>"]) == {
+        "checks/per_completion": 0.0, "checks/revisions_per_completion": 0.0, "accuracy/by_checks/0": 0.5}
+    only_no = task_metrics(_task(), [COUNTDOWN], ["<think>2+3+4=9 no</think><answer>2+3+4</answer>"])
+    assert only_no["checks/no_precision"] == 1.0 and "checks/ok_precision" not in only_no
+    assert task_metrics(_task(), [ARITHMETIC], ["<think>1+1=2 ok</think><answer>2</answer>"]) == {}
+    assert task_metrics(_task(), [], []) == {}
+    with pytest.raises(ValueError, match="pair up"):
+        task_metrics(_task(), [EX, EX], ["<answer>1</answer>"])
+
+
+def test_tasks_without_the_hook_have_no_metrics():
+    assert task_metrics(get_task("arithmetic"), [ARITHMETIC], ["<answer>2</answer>"]) == {}
+    assert task_metrics(get_task("domain"), [ARITHMETIC], ["<answer>2</answer>"]) == {}
 
 
 # --- the reasoning plot ---
@@ -294,7 +346,7 @@ def test_gate_stage_reports_and_stops_when_asked(tmp_path, tiny_checkpoint):
     # a random model makes no marks: the gate fails, warns and passes the model through
     run_dir = run_recipe(recipe("warn"), quiet=True)
     entry = json.loads((run_dir / "summary.json").read_text())["stages"][0]
-    assert entry["checkpoint"] == str(tiny_checkpoint) and entry["gate"]["passed"] is False
+    assert entry["model"] == str(tiny_checkpoint) and entry["gate"]["passed"] is False
     assert entry["gate"]["failures"] and "not reliable" in entry["warnings"][0]
     assert json.loads((run_dir / "gate" / "gate.json").read_text())["num_problems"] == 3
     with pytest.raises(CheckGateFailed, match="not reliable"):

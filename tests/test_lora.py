@@ -87,6 +87,25 @@ def test_saved_checkpoint_is_merged_and_loads_in_plain_transformers(qwen2, tmp_p
     assert any(p.requires_grad for p in resumed.parameters())
 
 
+def test_save_weights_writes_merged_weights_and_the_adapter(qwen2, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from r1lab.models import save_weights
+
+    model, tokenizer = load_lora_policy(lora_run(qwen2), str(qwen2), tmp_path / "none", torch.device("cpu"))
+    assert "save_pretrained" not in vars(model)  # peft's own method, not replaced on the instance
+    perturb_adapters(model, seed=1)
+    x = torch.tensor([tokenizer("347+589 so 936")["input_ids"]])
+    with torch.no_grad():
+        expected = model(input_ids=x).logits
+    save_weights(model, tmp_path / "weights")
+    assert (tmp_path / "weights" / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "weights" / "model.safetensors").is_file()
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "weights")
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=x).logits, expected, atol=1e-4)
+
+
 def test_qlora_on_cpu_is_a_clear_error(qwen2, tmp_path):
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         load_lora_policy(lora_run(qwen2, load_in_4bit=True), str(qwen2), tmp_path, torch.device("cpu"))

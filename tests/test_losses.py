@@ -137,6 +137,62 @@ def test_clip_higher_is_asymmetric():
     assert stats["clip_frac"] == 0.5
 
 
+
+# Log ratios far outside any real policy change (a broken sampler, garbage logprobs): exp(100) overflows fp32.
+# log ρ = ±100 is clamped to ±20 before exp, so ρ = e^20 = 4.85e8 or e^-20 = 2.06e-9, ε = 0.2:
+#   +100, A = +1: min(4.85e8, 1.2) = 1.2           clipped term, no gradient
+#   +100, A = -1: min(-4.85e8, -1.2) = -4.85e8     large but finite; the clamp is flat there, gradient 0
+#   -100, A = +1: min(2.06e-9, 0.8) = 2.06e-9      gradient 0 (flat clamp)
+#   -100, A = -1: min(-2.06e-9, -0.8) = -0.8       clipped term, no gradient
+# Before the clamp: ρ = inf, an infinite loss for A < 0, and inf · 0 = NaN in the gradient even for A > 0.
+@pytest.mark.parametrize("log_ratio", [100.0, -100.0])
+@pytest.mark.parametrize("advantage", [1.0, -1.0])
+@pytest.mark.parametrize("loss_fn", ["grpo", "ppo"])
+def test_extreme_log_ratio_gives_finite_loss_and_gradient(log_ratio, advantage, loss_fn):
+    logprobs = torch.tensor([[log_ratio - 1.0, -1.0]], requires_grad=True)  # the second token: ρ = 1
+    old = torch.tensor([[-1.0, -1.0]])
+    advantages = torch.full((1, 2), advantage)
+    if loss_fn == "grpo":
+        loss, stats = grpo_loss(logprobs, old, None, advantages, torch.ones(1, 2), clip_eps=0.2)
+    else:
+        loss, stats = ppo_policy_loss(logprobs, old, advantages, torch.ones(1, 2), clip_eps=0.2)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logprobs.grad).all()
+    assert all(math.isfinite(v) for v in stats.values())
+    rho = math.exp(20.0 if log_ratio > 0 else -20.0)
+    low, high = 0.8, 1.2
+    first = min(rho * advantage, min(max(rho, low), high) * advantage)
+    # token mean of the two tokens; the second (ρ = 1, never clipped) has gradient -A/2
+    close(loss, -(first + advantage) / 2, atol=max(1e-5, abs(first) * 1e-6))
+    close(logprobs.grad, [[0.0, -advantage / 2]])
+
+
+def _unclamped_grpo_loss(logprobs, old, advantages, mask, eps, agg):
+    """The surrogate as it was before the log-ratio clamp: exp of the raw log ratio."""
+    ratio = torch.exp(logprobs - old.detach())
+    objective = torch.minimum(ratio * advantages, ratio.clamp(1 - eps, 1 + eps) * advantages)
+    return -aggregate(objective, mask, agg)
+
+
+@pytest.mark.parametrize("agg", ["token", "sequence", "constant"])
+def test_clamp_leaves_in_range_ratios_bit_identical(agg):
+    # Training must give bit-identical weights with and without the clamp wherever |log ρ| <= 20.
+    gen = torch.Generator().manual_seed(0)
+    old = -torch.rand(4, 6, generator=gen) * 5
+    log_ratio = torch.randn(4, 6, generator=gen) * 3  # up to ~±10, plus the bound itself
+    log_ratio[0, 0], log_ratio[0, 1] = 20.0, -20.0
+    advantages = torch.randn(4, 6, generator=gen)
+    mask = torch.ones(4, 6)
+    new_lp = (old + log_ratio).requires_grad_()
+    ref_lp = (old + log_ratio).requires_grad_()
+    loss, _ = grpo_loss(new_lp, old, None, advantages, mask, clip_eps=0.2, agg=agg)
+    expected = _unclamped_grpo_loss(ref_lp, old, advantages, mask, 0.2, agg)
+    loss.backward()
+    expected.backward()
+    assert torch.equal(loss, expected)
+    assert torch.equal(new_lp.grad, ref_lp.grad)
+
+
 # μ = 1: old = logprobs.detach(), ρ = 1 in value, gradient = -A ∇logπ times the aggregation weight.
 # rows of lengths 3 and 2 (padding holds -inf), A = [2, -1]; objective per token = A.
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from r1lab.models import (R1_ZERO_PREFIX, R1_ZERO_SUFFIX, build_tiny_model, build_tiny_tokenizer, load_model,
-                          load_tokenizer, save_model)
+                          load_tokenizer, save_model, save_weights)
 
 TEXT = R1_ZERO_PREFIX + "347+589" + R1_ZERO_SUFFIX + " <think>7+9=16 4+8+1=13</think>\n<answer>936</answer>"
 
@@ -81,6 +81,14 @@ def test_load_real_architectures_by_path(tmp_path, arch):
     assert model.config.model_type == arch
     assert tok.padding_side == "left" and tok.pad_token is not None
     assert tok.decode(tok("347+589 so 936")["input_ids"]) == "347+589 so 936"
+
+
+def test_save_weights_of_a_plain_model_is_save_pretrained(tmp_path):
+    model, _ = load_model(str(make_real_architecture(tmp_path, "qwen2")))
+    save_weights(model, tmp_path / "copy")
+    assert (tmp_path / "copy" / "model.safetensors").is_file() and not (tmp_path / "copy" / "adapter").exists()
+    copy = type(model).from_pretrained(tmp_path / "copy")
+    assert all(torch.equal(v, copy.state_dict()[k]) for k, v in model.state_dict().items())
 
 
 def test_task_word_tokens_only_when_the_corpus_uses_them():

@@ -219,9 +219,10 @@ def test_summary_table_markdown_escapes_pipes_and_handles_no_stages():
 
 
 def test_check_columns_and_gate_appear_only_for_runs_that_report_checks(tmp_path):
+    # the evaluation holds the task's metrics under their own keys (task.metrics); the gate writes its own format
     checked = {"run": "aha", "stages": [
-        {"stage": "base", "kind": "pretrain", "eval": {"pass@1": 0.3, "checks_per_completion": 0.755,
-                                                      "ok_precision": 0.8}},
+        {"stage": "base", "kind": "pretrain", "eval": {"pass@1": 0.3, "checks/per_completion": 0.755,
+                                                      "checks/ok_precision": 0.8, "checks/no_precision": 1.0}},
         {"stage": "gate", "kind": "check_gate", "eval": None, "gate": {
             "ok_precision": 0.65, "no_precision": 0.98, "checks_per_completion": 1.045, "passed": True,
             "accuracy_by_checks": {"0": {"pass_rate": 0.25, "count": 8}, "1": {"pass_rate": 0.75, "count": 4}}}},
@@ -230,6 +231,12 @@ def test_check_columns_and_gate_appear_only_for_runs_that_report_checks(tmp_path
     assert table[0].endswith('| checks per completion | "ok" precision | data rows |')
     assert table[2].endswith("| 0.76 | 0.8000 | — |") and table[3].endswith("| — | — | — |")
     assert "checks per completion" not in summary_table_markdown(SUMMARY)
+    # a run written before the task metrics hook ("checks_per_completion", "ok_precision") keeps its numbers
+    older = {"run": "old", "stages": [{"stage": "base", "kind": "pretrain", "eval": {
+        "pass@1": 0.3, "checks_per_completion": 1.5, "ok_precision": 0.25}}]}
+    old_table = summary_table_markdown(older).splitlines()
+    assert old_table[0].endswith('| checks per completion | "ok" precision | data rows |')
+    assert old_table[2].endswith("| 1.50 | 0.2500 | — |")
     (tmp_path / "summary.json").write_text(json.dumps(checked))
     page = write_report(tmp_path).read_text()
     assert "(passed)" in page and "0.6500" in page and "1 checks 0.7500 (4)" in page

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from r1lab.rewards import code_reward
-from r1lab.rewards.code import extract_program, parse_tests, run_tests
+from r1lab.tasks.verifiers_code import extract_program, parse_tests, run_tests
 from r1lab.sandbox import SandboxLimits, run_python, sandbox_isolation
 from r1lab.tasks import verify
 

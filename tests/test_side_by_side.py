@@ -10,7 +10,8 @@ import yaml
 
 from r1lab.cli import split_run_arguments
 from r1lab.pipeline import RunConfig, _set_threads
-from r1lab.side_by_side import THREADS_FILE_ENV, thread_shares, threads_from_file
+from r1lab.side_by_side import thread_shares
+from r1lab.threads import THREADS_FILE_ENV, threads_from_file
 from tests.test_cli import ROOT, grpo_recipe, r1lab, shrink_overrides
 
 

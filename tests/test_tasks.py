@@ -1,12 +1,15 @@
-"""Tasks: seeded examples, disjoint splits, verifier tables, corpus styles, JSONL errors."""
+"""Tasks: seeded examples, disjoint splits, verifier tables, corpus styles, JSONL errors, the metrics hook."""
 
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 
+from r1lab import rewards, tasks
 from r1lab.rewards import extract_answer, format_reward
-from r1lab.tasks import VERIFIERS, get_task, verify
+from r1lab.tasks import VERIFIERS, get_task, task_metrics, verify
 from r1lab.tasks.countdown import evaluate_countdown_expression
 from r1lab.tasks.splits import split_of
 from r1lab.tasks.verifiers import parse_number
@@ -497,3 +500,53 @@ def test_jsonl_has_no_corpus_and_empty_split_is_explained(tmp_path):
     empty_split = "test" if split_of("a", 0.1) == "train" else "train"
     with pytest.raises(ValueError, match=f"{empty_split} split .* is empty"):
         task.examples(empty_split, 1)
+
+
+# ---------------------------------------------------------------- layering and the metrics hook
+
+
+def test_tasks_import_neither_rewards_nor_data():
+    code = ("import sys, r1lab.tasks; "
+            "print(sorted(m for m in sys.modules if m.startswith(('r1lab.rewards', 'r1lab.data'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    assert rewards.extract_answer is tasks.extract_answer  # the tasks own it; the rewards re-export it
+    assert VERIFIERS["code"].__module__ == "r1lab.tasks.verifiers_code"
+
+
+def test_mixture_metrics_accuracy_per_source_task_and_each_parts_own_metrics():
+    mixture = get_task("mixture", parts=[{"name": "arithmetic", "options": {"digits": 1}},
+                                         {"name": "countdown_checks"}, {"name": "countdown"}])
+    arithmetic = {"prompt": "1+1", "answer": "2", "verifier": "integer", "task": "arithmetic"}
+    checks = {"prompt": "3 5 7 -> 22", "answer": "3*5+7", "verifier": "countdown", "task": "countdown_checks",
+              "numbers": [3, 5, 7], "target": 22}
+    countdown = {"prompt": "2 3 4 -> 14", "answer": "2+3*4", "verifier": "countdown", "task": "countdown",
+                 "numbers": [2, 3, 4], "target": 14}
+    examples = [arithmetic, arithmetic, checks, countdown]
+    responses = ["<answer>2</answer>",  # right
+                 "<think>1+1=3</think><answer>3</answer>",  # wrong
+                 "<think>target 22 3+5+7=15 15-22=-7 no 3*5+7=22 22-22=0 ok</think><answer>3*5+7</answer>",  # right
+                 "<think>2+3+4=9 no 2*3*4=24 no 4*3+2=14 ok</think><answer>4*3-2</answer>"]  # wrong
+    # countdown and countdown_checks share one implementation: their completions are read together, one set of keys
+    assert task_metrics(mixture, examples, responses) == pytest.approx({
+        "accuracy/task_arithmetic": 0.5, "accuracy/task_countdown": 0.0, "accuracy/task_countdown_checks": 1.0,
+        "checks/per_completion": (2 + 3) / 2, "checks/revisions_per_completion": (1 + 2) / 2,
+        "checks/ok_precision": 1.0, "checks/no_precision": 1.0,
+        "accuracy/by_checks/2": 1.0, "accuracy/by_checks/3+": 0.0})
+    # one source task: no accuracy per task (the rollout's own accuracy says it); the part's metrics still count
+    assert task_metrics(mixture, examples[:2], responses[:2]) == {}
+    assert task_metrics(mixture, examples[2:3], responses[2:3]) == pytest.approx({
+        "checks/per_completion": 2.0, "checks/revisions_per_completion": 1.0, "checks/ok_precision": 1.0,
+        "checks/no_precision": 1.0, "accuracy/by_checks/2": 1.0})
+
+
+def test_nested_mixture_metrics_reach_the_inner_parts():
+    inner = {"name": "mixture", "options": {"parts": [{"name": "countdown"}]}}
+    mixture = get_task("mixture", parts=[{"name": "arithmetic", "options": {"digits": 1}}, inner])
+    countdown = {"prompt": "2 3 4 -> 14", "answer": "2+3*4", "verifier": "countdown", "task": "countdown",
+                 "numbers": [2, 3, 4], "target": 14}
+    arithmetic = {"prompt": "1+1", "answer": "2", "verifier": "integer", "task": "arithmetic"}
+    metrics = task_metrics(mixture, [arithmetic, countdown], ["<answer>2</answer>", "<think>2+3*4=14 ok</think>"])
+    assert metrics == pytest.approx({"accuracy/task_arithmetic": 1.0, "accuracy/task_countdown": 0.0,
+                                     "checks/per_completion": 1.0, "checks/revisions_per_completion": 0.0,
+                                     "checks/ok_precision": 1.0, "accuracy/by_checks/1": 0.0})

@@ -48,7 +48,7 @@ def few_shot_prompt(template, shots: list[tuple[str, str]], prompt: str) -> str:
     return "\n".join([template.corpus_text(p, response) for p, response in shots] + [template.render(prompt)])
 
 
-def few_shot_long_cot(engine, task, template, examples: list[dict], n: int, params: SamplingParams, *,
+def few_shot_long_cot(generator, task, template, examples: list[dict], n: int, params: SamplingParams, *,
                       k: int = 2, style: str = "worked_words", filters: ReadabilityFilters | None = None,
                       provenance: dict | None = None, seed: int = 0) -> tuple[list[dict], dict]:
     """Few-shot long-CoT generation: the shots are the task's ``style`` worked solutions of training problems not
@@ -57,6 +57,6 @@ def few_shot_long_cot(engine, task, template, examples: list[dict], n: int, para
     asked = {example["prompt"] for example in examples}
     pool = [e for e in task.examples("train", len(examples) + 4 * k + 8, seed=seed + 1) if e["prompt"] not in asked]
     shots = [(e["prompt"], task.corpus_document(e, rng, style)) for e in pool[:k]]
-    return rejection_sample(engine, task, template, examples, n, params, filters=filters,
+    return rejection_sample(generator, task, template, examples, n, params, filters=filters,
                             provenance={**(provenance or {}), "few_shot": k},
                             render=lambda prompt: few_shot_prompt(template, shots, prompt))

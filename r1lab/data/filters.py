@@ -1,4 +1,5 @@
-"""Pass-rate filtering (open-r1; REFERENCE.md §4): keep the prompts that the current model solves sometimes.
+"""Pass-rate filtering (as in open-r1; an offline cousin of DAPO's dynamic sampling, arXiv 2503.14476): keep the
+prompts that the current model solves sometimes.
 
 A prompt that the model always solves, or never, gives a GRPO group whose rewards are all equal: zero advantage, no
 gradient, wasted rollout time. Sampling k completions per prompt first and keeping those whose pass rate lies

@@ -17,15 +17,10 @@ import json
 import os
 from pathlib import Path
 
-from r1lab.config import ConfigError
+# DataFileError and read_jsonl live in the low-level r1lab.jsonl_files (tasks read files too); imported from here
+# as well by the trainers and tests.
+from r1lab.jsonl_files import DataFileError, read_jsonl
 from r1lab.tasks.splits import split_of
-
-
-class DataFileError(ConfigError):
-    """A data file that cannot be used; the message names the file (and line) and what is wrong.
-
-    A ``ConfigError``, so the CLI reports it in one line with exit status 2 instead of a traceback.
-    """
 
 
 def resolve_data_path(data: str, run_dir: str | Path, stage: str = "") -> str:
@@ -43,29 +38,6 @@ def resolve_data_path(data: str, run_dir: str | Path, stage: str = "") -> str:
         raise DataFileError(f"{where}data: stage '{data}' produced {output!r}, which is not a data file")
     raise DataFileError(f"{where}data file not found: {data!r} (resolved to {os.path.abspath(data)}); relative "
                         f"paths are read from the current directory, stage names from {run_dir}")
-
-
-def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
-    """``("file:line", row)`` for every non-empty line of a JSON Lines file of objects."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise DataFileError(f"data file not found: {path!r} (resolved to {os.path.abspath(path)})")
-    rows = []
-    with open(path, encoding="utf-8") as file:
-        for line_number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFileError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(row, dict):
-                raise DataFileError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
-            rows.append((where, row))
-    if not rows:
-        raise DataFileError(f"{path}: the file has no rows")
-    return rows
 
 
 def _text_field(where: str, row: dict, name: str, hint: str) -> str:

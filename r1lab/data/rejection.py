@@ -5,7 +5,7 @@ no rule exists (R1 used DeepSeek-V3 as the judge). Readable: no mixed-language c
 paragraph, no code block (``ReadabilityFilters``); then duplicates are dropped. Each kept row records where it came
 from, so a data set can be traced back to the checkpoint, stage, sample and temperature that produced it.
 
-    rows, stats = rejection_sample(engine, task, template, examples, n=4, params=SamplingParams(temperature=0.7),
+    rows, stats = rejection_sample(generator, task, template, examples, n=4, params=SamplingParams(temperature=0.7),
                                    provenance={"checkpoint": path, "stage": "reasoning_rl"})
     write_jsonl(rows, "data.jsonl")   # {prompt, completion, answer, source}: an SFT data set
 """
@@ -19,6 +19,7 @@ from typing import Callable
 from r1lab.config import doc
 from r1lab.data.filters import deduplicate, has_code_block, has_overlong_paragraph, is_mixed_language
 from r1lab.engine import SamplingParams
+from r1lab.generation import Generator, sample_and_score
 from r1lab.rewards import extract_answer
 from r1lab.tasks import verify
 
@@ -51,7 +52,7 @@ def rule_judge(prompt: str, completion: str, example: dict) -> bool:
     return verify(extract_answer(completion), example)
 
 
-def rejection_sample(engine, task, template, examples: list[dict], n: int, params: SamplingParams, *,
+def rejection_sample(generator: Generator, task, template, examples: list[dict], n: int, params: SamplingParams, *,
                      judge: Judge | None = None, filters: ReadabilityFilters | None = None,
                      provenance: dict | None = None, render: Callable[[str], str] | None = None,
                      batch_prompts: int = 64) -> tuple[list[dict], dict]:
@@ -71,21 +72,19 @@ def rejection_sample(engine, task, template, examples: list[dict], n: int, param
     for start in range(0, len(examples), batch_prompts):
         chunk = examples[start:start + batch_prompts]
         batch_params = dataclasses.replace(params, seed=params.seed + start)  # a sampling stream per batch
-        groups = engine.generate([render(example["prompt"]) for example in chunk], n, batch_params)
-        for example, group in zip(chunk, groups):
-            for index, generation in enumerate(group):
-                completion = template.prefill + generation.text  # the whole response, as the rewards see it
-                sampled += 1
-                if not judge(example["prompt"], completion, example):
-                    continue
-                correct += 1
-                problem = readability_problem(completion, filters)
-                if problem:
-                    dropped[problem] += 1
-                    continue
-                rows.append({"prompt": example["prompt"], "completion": completion, "answer": example.get("answer"),
-                             "source": {**(provenance or {}), "sample_index": index,
-                                        "temperature": params.temperature}})
+        samples = sample_and_score(generator, template, chunk, n, batch_params, render=render)
+        for position, (example, completion) in enumerate(zip(samples.examples, samples.responses)):
+            sampled += 1
+            if not judge(example["prompt"], completion, example):
+                continue
+            correct += 1
+            problem = readability_problem(completion, filters)
+            if problem:
+                dropped[problem] += 1
+                continue
+            rows.append({"prompt": example["prompt"], "completion": completion, "answer": example.get("answer"),
+                         "source": {**(provenance or {}), "sample_index": position % n,
+                                    "temperature": params.temperature}})
     if filters.deduplicate:
         rows, dropped["duplicate"] = deduplicate(rows)
     stats = {"prompts": len(examples), "samples_per_prompt": n, "sampled": sampled, "correct": correct,

@@ -19,12 +19,15 @@ class SamplingParams:
 
 @dataclass
 class Generation:
-    """One sampled completion. ``completion_ids`` ends with EOS unless the completion was cut at max_new_tokens."""
+    """One sampled completion. ``completion_ids`` ends with EOS unless the completion was cut at max_new_tokens.
+    ``logprobs``: the logprob of each completion token under the distribution the engine sampled it from (after
+    temperature, top-k, top-p), one per completion token."""
 
     prompt_ids: list[int]
     completion_ids: list[int]
     text: str
     truncated: bool
+    logprobs: list[float] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
 
@@ -34,5 +37,6 @@ class Engine(Protocol):
         ...
 
     def sync_weights(self) -> None:
-        """Called after every optimizer step (engines holding their own copy of the weights refresh it)."""
+        """Called once after every optimizer step, through the stage's ``Generator`` (engines holding their own copy
+        of the weights refresh it)."""
         ...

@@ -106,7 +106,9 @@ def _reward_model_reward(path: str) -> Reward:
                          f"'{REWARD_MODEL_PREFIX}runs/<run>/<stage>/final'")
     key = os.path.realpath(path)
     if key not in _REWARD_MODELS:
-        from r1lab.rewards.reward_model import make_reward_model_reward  # torch and transformers only when used
+        # Lazy on purpose (allowed in tests/test_layers.py): torch and transformers load only when a recipe uses a
+        # trained reward model.
+        from r1lab.rewards.reward_model import make_reward_model_reward
 
         _REWARD_MODELS[key] = make_reward_model_reward(path)
     return _REWARD_MODELS[key]

@@ -8,24 +8,14 @@ from __future__ import annotations
 import re
 
 from r1lab.rewards.registry import register_reward
-from r1lab.tasks.verifiers import verify
+# extract_answer belongs to the tasks (their metrics read answers too); imported from here as well.
+from r1lab.tasks.verifiers import ANSWER_CLOSE, ANSWER_OPEN, extract_answer, verify
 
-THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 # Block contents may not contain any of the four tags, so "exactly one think and one answer block" holds.
 _NO_TAG = r"(?:(?!</?(?:think|answer)>).)*"
 _STRICT_FORMAT = re.compile(rf"\s*<think>{_NO_TAG}</think>\s*<answer>{_NO_TAG}</answer>\s*", re.DOTALL)
-
-
-def extract_answer(completion: str) -> str | None:
-    """The stripped content of the last complete <answer>…</answer>, None when there is none."""
-    end = completion.rfind(ANSWER_CLOSE)
-    if end == -1:
-        return None
-    start = completion.rfind(ANSWER_OPEN, 0, end)
-    if start == -1:
-        return None
-    return completion[start + len(ANSWER_OPEN) : end].strip()
 
 
 @register_reward("accuracy")

@@ -6,11 +6,14 @@
 
 Real data: get_task("dataset", path=..., verifier="math") (files and hub datasets, r1lab.tasks.datasets) and
 get_task("reasoning_gym", name="basic_arithmetic").
+
+Task-specific metrics: ``task_metrics(task, examples, responses)`` returns ``task.metrics(examples, responses)`` for
+a task that defines that hook (Countdown's self-checks, a mixture's accuracy per source task), else {}
+(r1lab.tasks.registry).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,26 +26,17 @@ from r1lab.tasks.datasets import DatasetTask, ReasoningGymTask, reasoning_gym_ve
 from r1lab.tasks.domain import DomainTask
 from r1lab.tasks.mixture import MixtureTask
 from r1lab.tasks.jsonl import JsonlTask
-from r1lab.tasks.verifiers import VERIFIERS, verify
+from r1lab.tasks.registry import TASKS, get_task, task_metrics
+from r1lab.tasks.verifiers import VERIFIERS, extract_answer, verify
+from r1lab.tasks.verifiers_code import code_verifier
 from r1lab.tasks.verifiers_math import math_verifier, multiple_choice_verifier
-
-
-def code_verifier(answer_text: str, example: dict) -> bool:
-    """The "code" verifier of r1lab.rewards.code, imported on first use (only code tasks need the sandbox)."""
-    from r1lab.rewards.code import code_verifier as run_code_tests
-
-    return run_code_tests(answer_text, example)
-
 
 VERIFIERS.update({"math": math_verifier, "multiple_choice": multiple_choice_verifier, "code": code_verifier,
                   "reasoning_gym": reasoning_gym_verifier})
 
-TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask, "jsonl": JsonlTask, "dataset": DatasetTask,
-         "reasoning_gym": ReasoningGymTask}
-TASKS["countdown_checks"] = CountdownChecksTask
-TASKS["domain"] = DomainTask
-
-TASKS["mixture"] = MixtureTask
+TASKS.update({"arithmetic": ArithmeticTask, "countdown": CountdownTask, "jsonl": JsonlTask, "dataset": DatasetTask,
+              "reasoning_gym": ReasoningGymTask, "countdown_checks": CountdownChecksTask, "domain": DomainTask,
+              "mixture": MixtureTask})
 
 
 @dataclass
@@ -52,17 +46,6 @@ class TaskConfig:
     options: dict[str, Any] = doc({}, "Task options, e.g. {digits: 3} or {train_path: data.jsonl}.")
 
 
-def get_task(name: str, /, **options):
-    """Build a task by name; options are the task's dataclass fields."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
-    task_class = TASKS[name]
-    known = [f.name for f in dataclasses.fields(task_class) if f.init]
-    unknown = [key for key in options if key not in known]
-    if unknown:
-        raise TypeError(f"task {name!r} has no option {', '.join(map(repr, unknown))}; options: {', '.join(known)}")
-    return task_class(**options)
-
-
-__all__ = ["TASKS", "TaskConfig", "VERIFIERS", "ArithmeticTask", "CountdownTask", "DatasetTask", "JsonlTask", "ReasoningGymTask",
-           "get_task", "verify"]
+__all__ = ["TASKS", "TaskConfig", "VERIFIERS", "ArithmeticTask", "CountdownChecksTask", "CountdownTask", "DatasetTask",
+           "DomainTask", "JsonlTask", "MixtureTask", "ReasoningGymTask", "extract_answer", "get_task", "task_metrics",
+           "verify"]

@@ -19,7 +19,8 @@ import re
 from fractions import Fraction
 from typing import NamedTuple
 
-from r1lab.tasks.countdown import countdown_verifier, evaluate_countdown_expression
+from r1lab.tasks.verifiers import extract_answer, verify
+from r1lab.tasks.verifiers_countdown import countdown_verifier, evaluate_countdown_expression
 
 _CANDIDATE = re.compile(r"^([0-9+\-*/()]*[0-9)])(?:=[0-9+\-*/()]*[0-9)])*=(-?\d+(?:/\d+)?)$")
 _DIFFERENCE = re.compile(r"^(-?\d+)-(-?\d+)=(-?\d+)$")
@@ -129,3 +130,35 @@ def summarize_checks(completions: list[str], examples: list[dict], correct: list
         summary["accuracy_by_checks"] = {n: {"pass_rate": sum(v) / len(v), "count": len(v)}
                                          for n, v in sorted(buckets.items())}
     return summary
+
+
+def check_metrics(examples: list[dict], responses: list[str]) -> dict[str, float]:
+    """The Countdown tasks' metrics (``task.metrics``): self-checking in the responses of check-task examples.
+
+    Only examples whose ``"task"`` is in ``CHECK_TASKS`` count; empty when there is none. Keys:
+    checks/per_completion, checks/revisions_per_completion, checks/ok_precision and checks/no_precision (only when
+    such marks exist), accuracy/by_checks/{0,1,2,3+} (the pass rate of the completions with that many checks, only
+    for buckets that have completions; correct: ``verify(extract_answer(response), example)``).
+    """
+    if len(examples) != len(responses):
+        raise ValueError(f"{len(examples)} examples but {len(responses)} responses; they must pair up")
+    index = [i for i, example in enumerate(examples) if example.get("task") in CHECK_TASKS]
+    if not index:
+        return {}
+    examples = [examples[i] for i in index]
+    responses = [responses[i] for i in index]
+    correct = [bool(verify(extract_answer(response), example)) for response, example in zip(responses, examples)]
+    summary = summarize_checks(responses, examples, correct)
+    metrics = {"checks/per_completion": summary["checks_per_completion"],
+               "checks/revisions_per_completion": summary["revisions_per_completion"]}
+    for key in ("ok_precision", "no_precision"):
+        if summary[key] is not None:
+            metrics[f"checks/{key}"] = summary[key]
+    buckets: dict[str, list[int]] = {}  # "0", "1", "2", "3+" -> [correct, count]
+    for n, entry in summary["accuracy_by_checks"].items():
+        bucket = buckets.setdefault(str(n) if n < 3 else "3+", [0, 0])
+        bucket[0] += round(entry["pass_rate"] * entry["count"])
+        bucket[1] += entry["count"]
+    for name, (hits, count) in buckets.items():
+        metrics[f"accuracy/by_checks/{name}"] = hits / count
+    return metrics

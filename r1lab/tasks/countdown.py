@@ -6,60 +6,20 @@ that expression is kept as the reference "answer". The verifier accepts any othe
 
 from __future__ import annotations
 
-import ast
 import operator
 import random
-import re
-from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar
 
+from r1lab.tasks.checks import check_metrics
 from r1lab.tasks.splits import check_split, check_test_fraction, draw_examples, split_rng
+# The verifier lives in its own module (the check reader needs it too); its names stay importable from here.
+from r1lab.tasks.verifiers_countdown import countdown_verifier, evaluate_countdown_expression
 
-_MAX_EXPRESSION_CHARS = 256
-_EXPRESSION_CHARS = re.compile(r"[0-9+\-*/() ]+")
-_AST_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _ATOM_PRECEDENCE = 3
 _APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
-
-
-def evaluate_countdown_expression(text: str) -> tuple[Fraction, list[int]]:
-    """Exact value of an expression of integers and + - * / with parentheses, and the integers it uses.
-
-    Raises ValueError for anything else (names, calls, **, //, unary signs, floats) and ZeroDivisionError.
-    Never calls eval: the expression is walked as a syntax tree.
-    """
-    if len(text) > _MAX_EXPRESSION_CHARS:
-        raise ValueError(f"expression longer than {_MAX_EXPRESSION_CHARS} characters")
-    # The character whitelist rules out names, hex/underscore literals and floats before parsing.
-    if not _EXPRESSION_CHARS.fullmatch(text):
-        raise ValueError("expression may only contain digits, + - * / ( ) and spaces")
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except (SyntaxError, RecursionError, MemoryError) as error:
-        raise ValueError(f"not an expression: {error}") from None
-    used: list[int] = []
-
-    def value_of(node: ast.AST) -> Fraction:
-        if isinstance(node, ast.BinOp) and type(node.op) in _AST_OPERATORS:
-            return _AST_OPERATORS[type(node.op)](value_of(node.left), value_of(node.right))
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            used.append(node.value)
-            return Fraction(node.value)
-        raise ValueError(f"{type(node).__name__} is not allowed")
-
-    return value_of(tree.body), used
-
-
-def countdown_verifier(answer_text: str, example: dict) -> bool:
-    """The expression uses exactly the given numbers (as a multiset) and equals the target."""
-    try:
-        value, used = evaluate_countdown_expression(answer_text)
-    except (ValueError, ZeroDivisionError, RecursionError):
-        return False
-    return Counter(used) == Counter(example["numbers"]) and value == example["target"]
 
 
 def _format_value(value: Fraction) -> str:
@@ -147,6 +107,11 @@ class CountdownTask:
             return f"{','.join(str(n) for n in sorted(example['numbers']))}->{example['target']}"
 
         return draw_examples(draw, key_of, split, n, split_rng(self.name, split, seed), self.test_fraction)
+
+    def metrics(self, examples: list[dict], responses: list[str]) -> dict[str, float]:
+        """Self-checking in the responses (``r1lab.tasks.checks.check_metrics``): checks and revisions per completion,
+        the precision of the "ok"/"no" marks and accuracy by number of checks."""
+        return check_metrics(examples, responses)
 
     def corpus_document(self, example: dict, rng: random.Random, style: str) -> str:
         """The assistant response text of one pretraining document in `style` (see `styles`).

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from r1lab.jsonl_files import read_jsonl
 from r1lab.tasks.splits import check_split, check_test_fraction, split_of, split_rng
 from r1lab.tasks.verifiers import VERIFIERS, verify
 
@@ -20,8 +21,6 @@ def _read_rows(path: str, prompt_field: str, answer_field: str, default_verifier
             f"JSONL task file not found: {path!r} (resolved to {os.path.abspath(path)}); "
             "relative paths are read from the current directory"
         )
-    from r1lab.data.jsonl import read_jsonl  # here, not at the top: r1lab.data.jsonl imports r1lab.tasks
-
     examples = []
     for where, row in read_jsonl(path):  # malformed lines and empty files are errors naming file:line
         keys = ", ".join(sorted(row)) or "none"

@@ -5,15 +5,20 @@
 
 Each example keeps its own ``task`` and ``verifier`` fields, so verifiers, rewards and ``rewards_by_task`` routing
 see where it came from. A draw of n examples has each part's share of n (largest remainders), shuffled.
+
+Metrics (``task_metrics``): the accuracy per source task when a batch mixes tasks, and each part's own metrics.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from statistics import fmean
 from typing import ClassVar
 
+from r1lab.tasks.registry import get_task, task_metrics
 from r1lab.tasks.splits import check_split
+from r1lab.tasks.verifiers import extract_answer, verify
 
 
 @dataclass(frozen=True)
@@ -26,8 +31,6 @@ class MixtureTask:
     styles: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        from r1lab.tasks import get_task  # the registry imports this module
-
         if not self.parts:
             raise ValueError("mixture needs parts: [{name: ..., options: {...}, weight: ...}, ...]")
         tasks, weights = [], []
@@ -58,3 +61,39 @@ class MixtureTask:
         drawn = [ex for task, count in zip(self._tasks, self.counts(n)) for ex in task.examples(split, count, seed)]
         random.Random(f"mixture:{split}:{seed}").shuffle(drawn)
         return drawn
+
+    def metrics(self, examples: list[dict], responses: list[str]) -> dict[str, float]:
+        """accuracy/task_<name> per source task (``example["task"]``; correct: ``verify(extract_answer(response),
+        example)``, whatever the rewards were) when the examples mix at least two tasks, plus each part's own
+        metrics on the examples it produced (parts sharing one ``metrics`` implementation, such as countdown and
+        countdown_checks, get their examples together, so their keys do not overwrite each other)."""
+        result: dict[str, float] = {}
+        if len({str(example.get("task")) for example in examples}) >= 2:
+            by_task: dict[str, list[bool]] = {}
+            for example, response in zip(examples, responses):
+                by_task.setdefault(str(example.get("task")), []).append(bool(verify(extract_answer(response), example)))
+            result.update({f"accuracy/task_{name}": fmean(flags) for name, flags in sorted(by_task.items())})
+        for task, names in self._metric_groups():
+            index = [i for i, example in enumerate(examples) if example.get("task") in names]
+            if index:
+                result.update(task_metrics(task, [examples[i] for i in index], [responses[i] for i in index]))
+        return result
+
+    def source_names(self) -> set[str]:
+        """The ``task`` values of the examples this mixture draws (nested mixtures included)."""
+        return set().union(*(_source_names(task) for task in self._tasks))
+
+    def _metric_groups(self) -> list[tuple[object, set[str]]]:
+        """(a part that has a metrics hook, the task names whose examples it gets), one per implementation."""
+        groups: dict[object, tuple[object, set[str]]] = {}
+        for task in self._tasks:
+            implementation = getattr(type(task), "metrics", None)
+            if implementation is None:
+                continue
+            key = id(task) if isinstance(task, MixtureTask) else implementation
+            groups.setdefault(key, (task, set()))[1].update(_source_names(task))
+        return list(groups.values())
+
+
+def _source_names(task) -> set[str]:
+    return task.source_names() if isinstance(task, MixtureTask) else {task.name}

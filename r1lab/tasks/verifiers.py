@@ -1,7 +1,9 @@
 """Answer checkers: `verifier(answer_text, example) -> bool`, looked up by the example's "verifier" field.
 
+    verify(extract_answer(response), example)   # is a whole response's answer right?
+
 Each task owns its verifier (integer: arithmetic, countdown: countdown); the generic ones for
-user datasets (exact, number) live here.
+user datasets (exact, number) live here, and so does `extract_answer`, the answer a response gives.
 """
 
 from __future__ import annotations
@@ -11,7 +13,20 @@ from fractions import Fraction
 from typing import Callable
 
 from r1lab.tasks.arithmetic import integer_verifier
-from r1lab.tasks.countdown import countdown_verifier
+from r1lab.tasks.verifiers_countdown import countdown_verifier
+
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+
+
+def extract_answer(completion: str) -> str | None:
+    """The stripped content of the last complete <answer>…</answer>, None when there is none."""
+    end = completion.rfind(ANSWER_CLOSE)
+    if end == -1:
+        return None
+    start = completion.rfind(ANSWER_OPEN, 0, end)
+    if start == -1:
+        return None
+    return completion[start + len(ANSWER_OPEN) : end].strip()
 
 
 def exact_verifier(answer_text: str, example: dict) -> bool:

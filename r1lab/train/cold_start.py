@@ -9,7 +9,7 @@ Two sources, as in R1 (r1lab.data.cold_start):
   {prompt, completion} rows, e.g. a public long-CoT set) and, for synthetic tasks, ``written_rows`` rows written by
   the task's generator in ``few_shot_style``. Both are added as they are, unfiltered.
 
-It writes ``<stage>/data.jsonl`` (rows with provenance) and ``<stage>/stats.json`` and returns the data file: a later
+It writes ``<stage>/data.jsonl`` (rows with provenance) and ``<stage>/stats.json``, its output data file: a later
 ``sft`` stage reads it with ``data: <this stage's name>`` and sets ``init:`` to the model it fine-tunes.
 """
 
@@ -22,8 +22,8 @@ from r1lab.config import doc
 from r1lab.data.cold_start import cold_start_from_outputs, few_shot_long_cot
 from r1lab.data.jsonl import read_sft_examples
 from r1lab.data.rejection import ReadabilityFilters, rejection_sample
-from r1lab.engine import SamplingParams, make_engine
-from r1lab.models import load_model
+from r1lab.engine import SamplingParams
+from r1lab.stage import Stage, StageOutput
 from r1lab.templates import PromptTemplate
 
 
@@ -57,39 +57,36 @@ class ColdStartConfig:
             raise ValueError("few_shot_prompts needs few_shot_from: the model to prompt (e.g. the base stage)")
 
 
-def run_stage(cfg: ColdStartConfig, ctx) -> str:
-    """Write the cold-start data set and its stats; returns the data file's path."""
+def run_stage(cfg: ColdStartConfig, stage: Stage) -> StageOutput:
+    """Write the cold-start data set and its stats."""
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                            seed=ctx.run.seed)
+                            seed=stage.run.seed)
     stats: dict = {}
     rows: list[dict] = []
     if cfg.num_prompts:
-        model, tokenizer = ctx.load_policy()
-        model.eval()
-        examples = ctx.task.examples("train", cfg.num_prompts, seed=ctx.run.seed)
+        policy = stage.load_policy(trainable=False)
+        examples = stage.task.examples("train", cfg.num_prompts, seed=stage.run.seed)
         kept, stats["from_outputs"] = rejection_sample(
-            make_engine(ctx.run.engine, model, tokenizer), ctx.task, ctx.template, examples,
+            stage.generator(policy), stage.task, stage.template, examples,
             cfg.samples_per_prompt, params, filters=cfg.filters,
-            provenance={"checkpoint": str(ctx.init_checkpoint), "stage": ctx.name})
+            provenance={"checkpoint": str(stage.init), "stage": stage.name})
         rows += cold_start_from_outputs(kept)
         stats["from_outputs"]["rewritten"] = len(rows)
     if cfg.few_shot_prompts:
-        source = ctx.checkpoint_of(cfg.few_shot_from)
-        model, tokenizer = load_model(source, dtype=ctx.run.dtype, device=ctx.device)
-        model.eval()
-        template = PromptTemplate(ctx.run.template, tokenizer)
+        shot_model = stage.load_model(cfg.few_shot_from)
+        template = PromptTemplate(stage.run.template, shot_model.tokenizer)
         # prompts after the ones sampled above (a different seed draws a different set)
-        examples = ctx.task.examples("train", cfg.few_shot_prompts, seed=ctx.run.seed + 1)
+        examples = stage.task.examples("train", cfg.few_shot_prompts, seed=stage.run.seed + 1)
         shots, stats["few_shot"] = few_shot_long_cot(
-            make_engine(ctx.run.engine, model, tokenizer), ctx.task, template, examples, cfg.few_shot_samples,
+            stage.generator(shot_model), stage.task, template, examples, cfg.few_shot_samples,
             params, k=cfg.few_shot_k, style=cfg.few_shot_style, filters=cfg.filters,
-            provenance={"checkpoint": source, "stage": ctx.name}, seed=ctx.run.seed)
+            provenance={"checkpoint": shot_model.init_checkpoint, "stage": stage.name}, seed=stage.run.seed)
         rows += shots
     if cfg.written_rows:
-        rng = random.Random(ctx.run.seed)
-        written = ctx.task.examples("train", cfg.written_rows, seed=ctx.run.seed + 2)
-        rows += [{"prompt": ex["prompt"], "completion": ctx.task.corpus_document(ex, rng, cfg.few_shot_style),
-                  "answer": ex.get("answer"), "source": {"generator": ctx.task.name, "style": cfg.few_shot_style}}
+        rng = random.Random(stage.run.seed)
+        written = stage.task.examples("train", cfg.written_rows, seed=stage.run.seed + 2)
+        rows += [{"prompt": ex["prompt"], "completion": stage.task.corpus_document(ex, rng, cfg.few_shot_style),
+                  "answer": ex.get("answer"), "source": {"generator": stage.task.name, "style": cfg.few_shot_style}}
                  for ex in written]
         stats["written"] = len(written)
     if cfg.written_data:
@@ -98,8 +95,8 @@ def run_stage(cfg: ColdStartConfig, ctx) -> str:
                  for ex in written]
         stats["written_data"] = len(written)
     if not rows:
-        raise RuntimeError(f"stage '{ctx.name}': no cold-start row survived (stats: {stats}); sample more prompts, "
+        raise RuntimeError(f"stage '{stage.name}': no cold-start row survived (stats: {stats}); sample more prompts, "
                            f"or loosen the filters")
-    path = ctx.write_data(rows, stats, cfg.output)
-    ctx.log(f"{len(rows)} cold-start rows -> {path} ({stats})")
-    return path
+    output = stage.write_data(rows, stats, cfg.output)
+    stage.log(f"{len(rows)} cold-start rows -> {output.data_file} ({stats})")
+    return output

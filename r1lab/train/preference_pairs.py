@@ -17,9 +17,11 @@ import random
 from dataclasses import dataclass
 
 from r1lab.config import doc
-from r1lab.engine import SamplingParams, make_engine
+from r1lab.engine import SamplingParams
+from r1lab.generation import sample_and_score
 from r1lab.rewards import extract_answer
 from r1lab.tasks import verify
+from r1lab.stage import Stage, StageOutput
 from r1lab.tasks.domain import DomainTask, corrupted_answer
 
 
@@ -72,28 +74,25 @@ def domain_preference_pairs(n: int, seed: int) -> list[dict]:
     return pairs
 
 
-def run_stage(cfg: PreferencePairsConfig, ctx) -> str:
-    """Write the pairs and their stats; returns the data file's path."""
+def run_stage(cfg: PreferencePairsConfig, stage: Stage) -> StageOutput:
+    """Write the pairs and their stats."""
     pairs: list[dict] = []
     stats: dict = {}
     if cfg.num_prompts:
-        model, tokenizer = ctx.load_policy()
-        model.eval()
-        examples = ctx.task.examples("train", cfg.num_prompts, seed=ctx.run.seed)
+        policy = stage.load_policy(trainable=False)
+        examples = stage.task.examples("train", cfg.num_prompts, seed=stage.run.seed)
         params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                                seed=ctx.run.seed)
-        generations = make_engine(ctx.run.engine, model, tokenizer).generate(
-            [ctx.template.render(ex["prompt"]) for ex in examples], cfg.samples_per_prompt, params)
-        groups = [[ctx.template.prefill + g.text for g in group] for group in generations]
-        pairs += pairs_from_samples(examples, groups, cfg.pairs_per_prompt,
-                                    {"checkpoint": str(ctx.init_checkpoint), "stage": ctx.name})
+                                seed=stage.run.seed)
+        samples = sample_and_score(stage.generator(policy), stage.template, examples, cfg.samples_per_prompt, params)
+        pairs += pairs_from_samples(examples, samples.groups(samples.responses), cfg.pairs_per_prompt,
+                                    {"checkpoint": str(stage.init), "stage": stage.name})
         stats.update({"prompts": len(examples), "sampled": len(examples) * cfg.samples_per_prompt,
                       "sampled_pairs": len(pairs)})
-    domain = domain_preference_pairs(cfg.domain_pairs, seed=ctx.run.seed)
+    domain = domain_preference_pairs(cfg.domain_pairs, seed=stage.run.seed)
     stats["domain_pairs"] = len(domain)
     if not pairs + domain:
-        raise RuntimeError(f"stage '{ctx.name}': no prompt had both a correct and an incorrect sample; raise "
+        raise RuntimeError(f"stage '{stage.name}': no prompt had both a correct and an incorrect sample; raise "
                            f"samples_per_prompt or temperature, or add domain_pairs")
-    path = ctx.write_data(pairs + domain, stats, cfg.output)
-    ctx.log(f"{stats['rows']} preference pairs -> {path} ({stats})")
-    return path
+    output = stage.write_data(pairs + domain, stats, cfg.output)
+    stage.log(f"{stats['rows']} preference pairs -> {output.data_file} ({stats})")
+    return output

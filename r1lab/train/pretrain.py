@@ -2,7 +2,8 @@
 
 The corpus mimics web text about the task: worked solutions, some with a human mistake, some untagged, some bare
 answers. A model trained on it has partial skill and an imperfect format, like a real base model, so R1-Zero RL has
-something to sharpen (REFERENCE.md §5: the base pass rate should start around 0.1–0.6).
+something to sharpen (the base pass rate should start around 0.1–0.6: RL sharpens what a model can already sometimes do,
+DeepSeek-R1 arXiv 2501.12948 §4).
 
 The result is cached by a hash of everything that determines it, so the demo and the tests build it once.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -23,6 +23,9 @@ import torch
 
 from r1lab.config import doc, to_dict
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, count_parameters, save_model
+from r1lab.policy import OptimizerSettings, Policy, warmup_then_decay
+from r1lab.stage import Stage, StageOutput
+from r1lab.templates import PromptTemplate
 
 log = logging.getLogger("r1lab")
 
@@ -44,6 +47,7 @@ class PretrainConfig:
     lr: float = doc(3e-3, "Peak learning rate (AdamW), cosine decay to 10% after warmup.")
     warmup_steps: int = doc(50, "Linear warmup steps.")
     weight_decay: float = doc(0.01, "AdamW weight decay.")
+    adam_betas: list[float] = doc([0.9, 0.95], "AdamW β1, β2 (0.95: the usual choice for pretraining).")
     cache: bool = doc(True, "Reuse a base model already built with the same settings (in cache_dir).")
     cache_dir: str = doc("", "Where built base models are kept (empty: $R1LAB_CACHE or ~/.cache/r1lab).")
     eval: bool = doc(True, "Evaluate the base model on the held-out split after building it.")
@@ -100,7 +104,7 @@ def cache_key(cfg: PretrainConfig, task_spec: dict, template_spec: dict, seed: i
 
 
 def pretrain(cfg: PretrainConfig, *, task, task_spec: dict, template, template_spec: dict, seed: int,
-             out_dir: Path, progress=None) -> Path:
+             log_metrics=None, progress=None) -> Path:
     """Build (or reuse from the cache) the tiny base model; returns the checkpoint folder."""
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     key = cache_key(cfg, task_spec, template_spec, seed)
@@ -120,12 +124,11 @@ def pretrain(cfg: PretrainConfig, *, task, task_spec: dict, template, template_s
     token_lists = tokenizer(documents, add_special_tokens=False)["input_ids"]
     rng = random.Random(seed)
     blocks = pack(token_lists, cfg.block_size, rng)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    schedule = lambda step: min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * (
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, cfg.steps)))))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    policy = Policy(model, tokenizer, torch.device("cpu"))
+    policy.configure_optimizer(OptimizerSettings(lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
+                                                 max_grad_norm=1.0),
+                               warmup_then_decay(cfg.steps, cfg.warmup_steps, "cosine"))
     model.train()
-    metrics_path = out_dir / "metrics.jsonl"
     start = time.time()
     order = torch.randperm(len(blocks))
     cursor = 0
@@ -137,16 +140,14 @@ def pretrain(cfg: PretrainConfig, *, task, task_spec: dict, template, template_s
         loss = model(input_ids=batch, labels=batch).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretraining loss became {loss.item()} at step {step}; lower stages.*.lr")
-        optimizer.zero_grad(set_to_none=True)
+        policy.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        policy.optimizer_step()
+        policy.schedule_step()
         if step % 50 == 0 or step == cfg.steps - 1:
-            record = {"stage": "pretrain", "step": step, "loss": round(loss.item(), 4),
-                      "lr": scheduler.get_last_lr()[0], "elapsed_seconds": round(time.time() - start, 1)}
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if log_metrics:
+                log_metrics(step, {"loss": round(loss.item(), 4), "lr": policy.learning_rates()["lr"],
+                                   "elapsed_seconds": round(time.time() - start, 1)})
             if progress:
                 progress(step + 1, cfg.steps, f"loss {loss.item():.3f}")
     save_model(model, tokenizer, cached, extra={"built_by": "r1lab pretrain", "cache_key": key,
@@ -154,10 +155,9 @@ def pretrain(cfg: PretrainConfig, *, task, task_spec: dict, template, template_s
     return cached
 
 
-def run_stage(cfg: PretrainConfig, ctx) -> str:
+def run_stage(cfg: PretrainConfig, stage: Stage) -> StageOutput:
     """Pipeline entry point: build (or reuse) the tiny base for the run's task and template."""
-    from r1lab.templates import PromptTemplate
-
-    return str(pretrain(cfg, task=ctx.task, task_spec=to_dict(ctx.run.task), template=PromptTemplate(ctx.run.template),
-                        template_spec=to_dict(ctx.run.template), seed=ctx.run.seed, out_dir=ctx.run_dir,
-                        progress=ctx.progress))
+    return StageOutput(model=str(pretrain(
+        cfg, task=stage.task, task_spec=to_dict(stage.run.task), template=PromptTemplate(stage.run.template),
+        template_spec=to_dict(stage.run.template), seed=stage.run.seed, log_metrics=stage.log_metrics,
+        progress=stage.progress)))

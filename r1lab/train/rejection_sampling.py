@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from r1lab.config import doc
 from r1lab.data.domain import domain_examples
 from r1lab.data.rejection import ReadabilityFilters, rejection_sample
-from r1lab.engine import SamplingParams, make_engine
+from r1lab.engine import SamplingParams
+from r1lab.stage import Stage, StageOutput
 
 
 @dataclass
@@ -36,22 +37,20 @@ class RejectionSamplingConfig:
             raise ValueError("num_prompts and samples_per_prompt must be at least 1")
 
 
-def run_stage(cfg: RejectionSamplingConfig, ctx) -> str:
-    """Write the rejection-sampled data set (plus domain rows) and its stats; returns the data file's path."""
-    model, tokenizer = ctx.load_policy()
-    model.eval()
-    engine = make_engine(ctx.run.engine, model, tokenizer)
-    examples = ctx.task.examples("train", cfg.num_prompts, seed=ctx.run.seed)
+def run_stage(cfg: RejectionSamplingConfig, stage: Stage) -> StageOutput:
+    """Write the rejection-sampled data set (plus domain rows) and its stats."""
+    policy = stage.load_policy(trainable=False)
+    examples = stage.task.examples("train", cfg.num_prompts, seed=stage.run.seed)
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                            seed=ctx.run.seed)
-    rows, stats = rejection_sample(engine, ctx.task, ctx.template, examples, cfg.samples_per_prompt, params,
-                                   filters=cfg.filters,
-                                   provenance={"checkpoint": str(ctx.init_checkpoint), "stage": ctx.name})
-    domain = domain_examples(cfg.add_domain_examples, seed=ctx.run.seed)
+                            seed=stage.run.seed)
+    rows, stats = rejection_sample(stage.generator(policy), stage.task, stage.template, examples,
+                                   cfg.samples_per_prompt, params, filters=cfg.filters,
+                                   provenance={"checkpoint": str(stage.init), "stage": stage.name})
+    domain = domain_examples(cfg.add_domain_examples, seed=stage.run.seed)
     stats["domain_examples"] = len(domain)
-    path = ctx.write_data(rows + domain, stats, cfg.output, {"data/sampled": stats["sampled"],
-                                                              "data/correct": stats["correct"],
-                                                              "data/kept": stats["kept"]})
-    ctx.log(f"kept {stats['kept']} of {stats['sampled']} samples ({stats['correct']} correct), "
-            f"+{len(domain)} domain rows -> {path}")
-    return path
+    output = stage.write_data(rows + domain, stats, cfg.output, {"data/sampled": stats["sampled"],
+                                                                 "data/correct": stats["correct"],
+                                                                 "data/kept": stats["kept"]})
+    stage.log(f"kept {stats['kept']} of {stats['sampled']} samples ({stats['correct']} correct), "
+              f"+{len(domain)} domain rows -> {output.data_file}")
+    return output

@@ -1,0 +1,292 @@
+"""The policy: the trainable model and everything every trainer needs around it.
+
+One object owns the model and its tokenizer, the reference policy of the KL penalty, the optimizer and its
+learning-rate schedule, gradient clipping, micro-batched forward/backward, per-token logprobs, and saving, loading
+and resuming. Trainers (r1lab/train/*.py) keep only their algorithm; data-parallel or sharded wrapping and mixed
+precision belong here and nowhere else.
+
+    policy = Policy.load(init, settings, device, resume_from=stage.checkpoint_dir)
+    policy.attach_reference(kl_coef > 0)                      # frozen copy, adapters off under LoRA, or none
+    policy.configure_optimizer(OptimizerSettings(lr=1e-4, ...), schedule=warmup_then_decay(200, 5, "cosine"))
+    stats = policy.backward(batch, rows, loss_fn, micro_batch_size=8, weight_by="tokens")
+    policy.optimizer_step()                                    # clip, AdamW, tell the generators
+    policy.schedule_step()
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from r1lab.checkpoint import atomic_dir, load_training_state, save_training_state, set_rng_state
+from r1lab.lora import is_lora_model, load_lora_policy
+from r1lab.logprobs import Batch, completion_logprobs
+from r1lab.models import load_model, save_model, save_weights, write_tokenizer
+
+LossFn = Callable[[torch.Tensor, Batch, torch.Tensor], "tuple[torch.Tensor, dict]"]
+
+
+# --- learning-rate schedules (a factor of the peak lr per schedule step) ----------------------------------------
+
+def warmup_then_decay(total_steps: int, warmup_steps: int, decay: str) -> Callable[[int], float]:
+    """Linear warmup multiplied by a decay over ``total_steps`` to 10% at the end: ``constant`` (no decay),
+    ``cosine`` or ``linear``. The RL trainers and pretraining use it."""
+    if decay not in ("constant", "cosine", "linear"):
+        raise ValueError(f"unknown learning-rate decay {decay!r}; choose constant, cosine or linear")
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, warmup_steps))
+        progress = min(1.0, step / max(1, total_steps))
+        if decay == "cosine":
+            return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        if decay == "linear":
+            return warm * (1 - 0.9 * progress)
+        return warm
+
+    return factor
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warmup to 1, then cosine down to exactly ``min_ratio`` at the last step (R1's SFT: 5e-5 → 5e-6,
+    DeepSeek-R1 arXiv 2501.12948 §2.3). The trainers over a fixed data set use it."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - 1 - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@dataclass
+class OptimizerSettings:
+    """One AdamW setup for every trainer; each trainer's config supplies the values."""
+
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0: no clipping
+    extra_groups: list[dict] = field(default_factory=list)  # {"name", "params", "lr"}: e.g. PPO's value model
+
+
+@dataclass
+class ModelSettings:
+    """How a policy is loaded: the run-wide settings a stage passes on."""
+
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    lora: object = None  # r1lab.lora.LoraConfig, or None for full fine-tuning
+
+
+class Policy:
+    """The trainable model, its reference, optimizer, schedule and checkpoints."""
+
+    def __init__(self, model, tokenizer, device: torch.device, *, init_checkpoint: str = "",
+                 settings: ModelSettings | None = None, resume: dict | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.init_checkpoint = init_checkpoint  # where the stage started: the frozen reference after a resume
+        self.settings = settings or ModelSettings()
+        self.resume = resume  # training state of the checkpoint this policy resumes from, None when fresh
+        self.reference = None  # a frozen model, or None (no KL, or adapters off under LoRA)
+        self.reference_adapters_off = False
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.max_grad_norm = 0.0
+        self._group_names: list[str] = []
+        self._on_update: list[Callable[[], None]] = []
+        self.updates = 0  # optimizer steps taken by this process
+        self._reference_resettable = False
+
+    # --- loading -------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, init_checkpoint: str, settings: ModelSettings, device: torch.device, *,
+             resume_from: Path | None = None) -> "Policy":
+        """The stage's starting model, or its last resumable checkpoint in ``resume_from`` when there is one
+        (with LoRA: the base from ``init_checkpoint``, the adapter from ``resume_from/adapter``)."""
+        resume = load_training_state(resume_from) if resume_from is not None else None
+        lora = settings.lora
+        if lora is not None and lora.enabled:
+            model, tokenizer = load_lora_policy(settings, init_checkpoint, resume_from or Path("/nonexistent"), device)
+        else:
+            has_weights = resume_from is not None and (Path(resume_from) / "config.json").is_file()
+            source = str(resume_from) if has_weights else init_checkpoint
+            model, tokenizer = load_model(source, dtype=settings.dtype, device=device)
+            if settings.gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return cls(model, tokenizer, device, init_checkpoint=init_checkpoint, settings=settings, resume=resume)
+
+    @property
+    def resume_step(self) -> int:
+        """The step to continue from: 0 for a fresh start."""
+        return self.resume["step"] if self.resume else 0
+
+    @property
+    def resume_extra(self) -> dict:
+        """What the trainer saved beside its state (``extra`` of ``save_checkpoint``); empty for a fresh start."""
+        return self.resume["extra"] if self.resume else {}
+
+    def attach_reference(self, enabled: bool, *, resettable: bool = False) -> None:
+        """The reference policy π_ref of the KL penalty: none when not ``enabled`` (β = 0 loads nothing), the policy
+        with its adapters switched off under LoRA (exactly the starting model, no second copy), else a frozen copy
+        of the starting model (after a resume it is loaded again from the stage's init checkpoint, and a
+        ``resettable`` reference, one that ``reset_reference`` moves, from the checkpoint's saved state)."""
+        if not enabled:
+            return
+        if is_lora_model(self.model):
+            self.reference_adapters_off = True
+            return
+        self.reference = (load_model(self.init_checkpoint, dtype=self.settings.dtype, device=self.device)[0]
+                          if self.resume else copy.deepcopy(self.model))
+        self.reference.eval().requires_grad_(False)
+        if resettable and self.resume_extra.get("ref_state") is not None:
+            self.reference.load_state_dict(self.resume_extra["ref_state"])
+        self._reference_resettable = resettable
+
+    def reset_reference(self) -> bool:
+        """Move the frozen reference to the current policy (R1 resets it every 400 steps). False when there is
+        no frozen copy to move (no KL, or LoRA whose reference is the base)."""
+        if self.reference is None:
+            return False
+        self.reference.load_state_dict(self.model.state_dict())
+        return True
+
+    # --- optimizer and schedule ----------------------------------------------------------------------------------
+
+    def configure_optimizer(self, settings: OptimizerSettings, schedule: Callable[[int], float]) -> None:
+        """AdamW over the policy's parameters (and ``settings.extra_groups``), a LambdaLR ``schedule``; restores
+        both, and the random number generators, from the checkpoint the policy resumes from."""
+        groups = [{"params": list(self.model.parameters()), "lr": settings.lr}]
+        self._group_names = ["policy"]
+        for group in settings.extra_groups:
+            groups.append({"params": list(group["params"]), "lr": group["lr"]})
+            self._group_names.append(group["name"])
+        params = groups[0]["params"] if len(groups) == 1 else groups
+        self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
+                                           betas=tuple(settings.betas))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.max_grad_norm = settings.max_grad_norm
+        if self.resume:
+            self.optimizer.load_state_dict(self.resume["optimizer"])
+            self.scheduler.load_state_dict(self.resume["scheduler"])
+            set_rng_state(self.resume["rng"])
+
+    def learning_rates(self) -> dict[str, float]:
+        """The learning rate of each parameter group now: {"lr": policy's, "<group>_lr": others'}."""
+        rates = self.scheduler.get_last_lr()
+        return {("lr" if name == "policy" else f"{name}_lr"): rate for name, rate in zip(self._group_names, rates)}
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def optimizer_step(self) -> dict[str, float]:
+        """Clip the gradient norm over every trained parameter (when max_grad_norm > 0), take an AdamW step and
+        tell the generators that sample with these weights. Returns the norm before clipping per group
+        ("grad_norm" for the policy, "<group>_grad_norm" for the others; 0 when not clipping one group)."""
+        norms: dict[str, float] = {}
+        all_params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if len(self._group_names) > 1:  # one norm per group for the log, then one clip over all of them
+            for name, group in zip(self._group_names, self.optimizer.param_groups):
+                grads = [p.grad.detach().float().norm() for p in group["params"] if p.grad is not None]
+                norm = torch.linalg.vector_norm(torch.stack(grads)).item() if grads else 0.0
+                norms["grad_norm" if name == "policy" else f"{name}_grad_norm"] = norm
+            if self.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(all_params, self.max_grad_norm)
+        else:
+            norms["grad_norm"] = (torch.nn.utils.clip_grad_norm_(all_params, self.max_grad_norm).item()
+                                  if self.max_grad_norm > 0 else 0.0)
+        self.optimizer.step()
+        self.updates += 1
+        for notify in self._on_update:
+            notify()
+        return norms
+
+    def schedule_step(self) -> None:
+        """Advance the learning-rate schedule (once per RL step, or once per optimizer step in SFT)."""
+        self.scheduler.step()
+
+    def on_update(self, callback: Callable[[], None]) -> None:
+        """``callback`` runs after every optimizer step (a generator refreshes its copy of the weights)."""
+        self._on_update.append(callback)
+
+    # --- forward and backward ------------------------------------------------------------------------------------
+
+    def logprobs(self, batch: Batch, *, with_entropy: bool = False):
+        """Per-token logprobs (B, C) of the completion tokens under the policy (and entropy when asked)."""
+        return completion_logprobs(self.model, batch, with_entropy=with_entropy)
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: Batch) -> torch.Tensor | None:
+        """Per-token logprobs (B, C) under π_ref, None without a reference."""
+        if self.reference_adapters_off:
+            with self.model.disable_adapter():
+                return completion_logprobs(self.model, batch)[0]
+        if self.reference is None:
+            return None
+        return completion_logprobs(self.reference, batch)[0]
+
+    def backward(self, batch: Batch, rows: torch.Tensor, loss_fn: LossFn, *, micro_batch_size: int = 0,
+                 weight_by: Literal["tokens", "sequences"] = "tokens", name: str = "loss") -> dict[str, float]:
+        """Accumulate the gradient of one minibatch (``rows`` of ``batch``) in micro-batches of
+        ``micro_batch_size`` sequences (0: one pass).
+
+        ``loss_fn(micro_rows, micro_batch, logprobs)`` returns (loss, stats) for a micro-batch; each micro-batch's
+        loss and stats are weighted by its share of the minibatch's completion tokens (``weight_by="tokens"``, for
+        a token-mean loss) or sequences (for a sequence-mean loss), so the gradient is that of the whole minibatch
+        in one pass, however it is split. Returns the weighted stats plus "loss" and "entropy" (token mean).
+        A loss that is not finite stops training with an error naming ``name``.
+        """
+        minibatch_tokens = batch.completion_mask[rows].sum().clamp(min=1)
+        totals: dict[str, float] = {}
+        for micro in rows.split(micro_batch_size or len(rows)):
+            part = batch.select(micro)
+            mask = part.completion_mask
+            weight = (mask.sum() / minibatch_tokens if weight_by == "tokens"
+                      else torch.tensor(len(micro) / len(rows))).item()
+            logprobs, entropy = self.logprobs(part, with_entropy=True)
+            loss, stats = loss_fn(micro, part, logprobs)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{name} is {loss.item()} ({stats}): lower the learning rate or check the "
+                                         f"rewards")
+            (loss * weight).backward()
+            stats = {"loss": loss.item(), **stats,  # loss_fn may report a part of the loss as "loss"
+                     "entropy": ((entropy * mask).sum() / mask.sum().clamp(min=1)).item()}
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + weight * value
+        return totals
+
+    def train(self) -> None:
+        self.model.train()
+
+    # --- saving --------------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, folder: Path, step: int, *, extra: dict | None = None,
+                        write_more: Callable[[Path], None] | None = None) -> None:
+        """A resumable checkpoint in ``folder``: weights (merged under LoRA, with the adapter in ``adapter/``),
+        tokenizer, and ``trainer_state.pt`` (optimizer, schedule, RNG, step, ``extra``; the frozen reference when
+        it moves), renamed into place together. ``write_more(tmp)`` adds files inside the same rename."""
+        extra = dict(extra or {})
+        if self.reference is not None and self._reference_resettable:
+            extra["ref_state"] = self.reference.state_dict()
+        with atomic_dir(folder) as tmp:
+            save_weights(self.model, tmp)
+            write_tokenizer(self.tokenizer, tmp)
+            self.save_training_state(tmp, step, extra=extra)
+            if write_more is not None:
+                write_more(tmp)
+
+    def save_training_state(self, folder: Path, step: int, *, extra: dict | None = None) -> None:
+        """``trainer_state.pt`` in ``folder`` (a checkpoint being written): optimizer, schedule, RNG, step, extra."""
+        save_training_state(folder, optimizer=self.optimizer, scheduler=self.scheduler, step=step, extra=extra)
+
+    def save_final(self, folder: Path, info: dict | None = None) -> str:
+        """The stage's result in Hugging Face format (loadable by transformers, servable by vLLM)."""
+        save_model(self.model, self.tokenizer, folder, extra=info)
+        return str(folder)
