@@ -9,6 +9,19 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
+from r1lab.config import ConfigError, describe_fields, render_fields
+from r1lab.evaluate import evaluate_model
+from r1lab.generation import Generator
+from r1lab.models import load_model, resolve_device
+from r1lab.pipeline import STAGE_KINDS, run_recipe
+from r1lab.recipe import RunConfig
+from r1lab.report import write_combined_report, write_report
+from r1lab.side_by_side import run_side_by_side
+from r1lab.tasks import get_task
+from r1lab.templates import PromptTemplate, TemplateConfig
+
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -29,20 +42,9 @@ def split_run_arguments(items: list[str]) -> tuple[list[str], list[str]]:
     return recipes, overrides
 
 
-def _config_classes() -> tuple[type, dict[str, type]]:
-    """RunConfig and STAGE_KINDS (kind -> config dataclass), imported when asked for: they pull in every trainer."""
-    try:
-        from r1lab.pipeline import STAGE_KINDS, RunConfig
-    except ImportError:  # the run-level config may live in r1lab.recipe
-        from r1lab.recipe import STAGE_KINDS, RunConfig
-    return RunConfig, STAGE_KINDS
-
-
 def help_config(kind: str = "") -> str:
     """``r1lab run --help-config [KIND]``: every recipe key with its type, default and doc; KIND: that stage only."""
-    from r1lab.config import ConfigError, describe_fields, render_fields
-
-    run_config, stage_kinds = _config_classes()
+    run_config, stage_kinds = RunConfig, STAGE_KINDS
     if kind and kind not in stage_kinds:
         raise ConfigError(f"--help-config: unknown stage kind '{kind}'; known kinds: {', '.join(stage_kinds)}")
     parts = []
@@ -56,8 +58,6 @@ def help_config(kind: str = "") -> str:
 
 
 def cmd_run(args) -> int:
-    from r1lab.config import ConfigError
-
     if args.help_config is not None:
         print(help_config(args.help_config))
         return 0
@@ -67,32 +67,20 @@ def cmd_run(args) -> int:
     if len(recipes) == 1 and (args.report or args.jobs):
         raise ConfigError("--report and --jobs are for several recipes run side by side")
     if len(recipes) > 1:
-        from r1lab.side_by_side import run_side_by_side
-
         return run_side_by_side(recipes, overrides, jobs=args.jobs, report_dir=args.report, quiet=args.quiet)
-    from r1lab.pipeline import run_recipe
-
     run_recipe(recipes[0], overrides, quiet=args.quiet)
     return 0
 
 
 def cmd_eval(args) -> int:
-    from r1lab.engine import make_engine
-    from r1lab.evaluate import evaluate_model
-    from r1lab.models import load_model, resolve_device
-    from r1lab.tasks import get_task
-    from r1lab.templates import PromptTemplate, TemplateConfig
-
     options = {}
     for item in args.task_option:
         key, _, value = item.partition("=")
-        import yaml
-
         options[key] = yaml.safe_load(value)
     task = get_task(args.task, **options)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=resolve_device(args.device))
     template = PromptTemplate(TemplateConfig(kind=args.template, prefill_think=args.prefill_think), tokenizer)
-    result = evaluate_model(make_engine("transformers", model, tokenizer), task, template,
+    result = evaluate_model(Generator("transformers", model, tokenizer), task, template,
                             num_problems=args.num_problems, k=args.k, temperature=args.temperature,
                             top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
                             samples_path=Path(args.samples) if args.samples else None)
@@ -101,8 +89,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from r1lab.report import write_combined_report, write_report
-
     run_dirs = [Path(run) for run in args.runs]
     missing = [str(run_dir) for run_dir in run_dirs if not run_dir.is_dir()]
     if missing:
@@ -161,8 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from r1lab.config import ConfigError
-
     _quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)

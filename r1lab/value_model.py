@@ -1,4 +1,4 @@
-"""The PPO critic: a causal-LM backbone with a scalar head, V_ψ(s_t) for every completion token (REFERENCE.md §2).
+"""The PPO critic: a causal-LM backbone with a scalar head, V_ψ(s_t) for every completion token (PPO for language models, DeepSeekMath arXiv 2402.03300 §2).
 
 The backbone is the base transformer of a causal LM (``AutoModel`` drops the LM head), initialised from the policy
 checkpoint, as in most PPO-for-LM setups, or from a reward model when one exists. The head is ``Linear(hidden, 1)``
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from r1lab.logprobs import Batch
+from r1lab.models import resolve_dtype
 
 HEAD_FILE = "value_head.safetensors"
 HEAD_INIT_STD = 1e-3  # small: initial values ≈ 0, whatever the backbone's hidden states look like
@@ -61,8 +62,6 @@ class ValueModel(nn.Module):
 
 
 def _dtype(name: str | torch.dtype) -> torch.dtype:
-    from r1lab.models import resolve_dtype
-
     return name if isinstance(name, torch.dtype) else resolve_dtype(name)
 
 

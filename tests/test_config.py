@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import textwrap
 from typing import Literal
 
@@ -145,11 +146,21 @@ def test_from_dict_rejects_bool_for_int_and_accepts_int_for_float():
         from_dict(C, {"a": True})
 
 
-def test_stage_init_resolution():
-    from r1lab.pipeline import _resolve_init
+def test_stage_init_resolution(tmp_path):
+    from r1lab.stage import RunOutputs
 
-    summary = {"stages": [{"stage": "rs", "checkpoint": "runs/x/rs/data.jsonl"}]}
-    assert _resolve_init("", "previous", summary, "student") == "previous"
-    assert _resolve_init("model", "previous", summary, "student") == "student"  # e.g. distillation after a data stage
-    assert _resolve_init("rs", "previous", summary, "student") == "runs/x/rs/data.jsonl"
-    assert _resolve_init("/path/teacher", "previous", summary, "student") == "/path/teacher"
+    data = tmp_path / "run" / "rs" / "data.jsonl"
+    for name, entry in {"rs": {"kind": "rejection_sampling", "model": None, "data_file": str(data)},
+                        "rl": {"kind": "grpo", "model": "runs/x/rl/final", "data_file": None}}.items():
+        (tmp_path / "run" / name).mkdir(parents=True)
+        (tmp_path / "run" / name / "done.json").write_text(json.dumps({"stage": name, **entry}))
+    data.write_text("{}\n")
+    outputs = RunOutputs(tmp_path / "run", "student")
+    assert outputs.model("", default="previous") == "previous"
+    assert outputs.model("model", default="previous") == "student"  # e.g. distillation after a data stage
+    assert outputs.model("rl", default="previous") == "runs/x/rl/final"
+    assert outputs.model("/path/teacher", default="previous") == "/path/teacher"
+    with pytest.raises(ConfigError, match="stage 'sft': 'rs' is a rejection_sampling stage whose output is the data"):
+        outputs.model("rs", default="previous", stage="sft")  # a data set is not a model
+    with pytest.raises(ConfigError, match="is a file, not a model folder"):
+        outputs.model(str(data), default="previous", stage="sft")

@@ -180,13 +180,13 @@ def test_pass_rate_filter_keeps_prompts_strictly_between_the_bounds(tmp_path):
 
 
 def test_pass_rate_filter_with_a_real_engine_draws_from_the_task():
-    from r1lab.engine import make_engine
+    from r1lab.generation import Generator
     from r1lab.models import build_tiny_model, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
     task = get_task("arithmetic", digits=1)
-    kept, stats = filter_by_pass_rate(make_engine("transformers", model, tokenizer), task,
+    kept, stats = filter_by_pass_rate(Generator("transformers", model, tokenizer), task,
                                       PromptTemplate(TemplateConfig(), tokenizer), k=2, max_prompts=3,
                                       max_new_tokens=4)
     assert stats["prompts"] == 3 and stats["too_hard"] == 3 and kept == []  # a random model solves nothing

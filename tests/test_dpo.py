@@ -11,9 +11,11 @@ from safetensors.torch import load_file
 
 from r1lab.data.jsonl import DataFileError, read_preference_pairs
 from r1lab.models import load_model
-from r1lab.pipeline import StageContext, run_recipe
+from r1lab.encoding import encode_pairs
+from r1lab.pipeline import run_recipe
+from r1lab.stage import Stage
 from r1lab.templates import PromptTemplate, TemplateConfig
-from r1lab.train.dpo import dpo_step, encode_pairs, pair_logprobs, reference_logprobs
+from r1lab.train.dpo import dpo_step, pair_logprobs, reference_logprobs
 
 
 def toy_pairs(n=8):
@@ -79,19 +81,19 @@ def test_micro_batches_add_up_to_the_whole_batch(tiny_checkpoint):
 def test_killed_dpo_run_resumes_to_the_same_weights(tmp_path, tiny_checkpoint, monkeypatch):
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs())
     run_recipe(dpo_recipe(tmp_path, tiny_checkpoint, "straight", data, epochs=2, save_every=1), quiet=True)
-    log_metrics = StageContext.log_metrics
+    log_metrics = Stage.log_metrics
 
     def killed_at_step_3(self, step, metrics):
         if step == 3:
             raise KeyboardInterrupt("simulated kill")
         log_metrics(self, step, metrics)
 
-    monkeypatch.setattr(StageContext, "log_metrics", killed_at_step_3)
+    monkeypatch.setattr(Stage, "log_metrics", killed_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(dpo_recipe(tmp_path, tiny_checkpoint, "killed", data, epochs=2, save_every=1), quiet=True)
     state = torch.load(tmp_path / "runs" / "killed" / "dpo" / "checkpoint" / "trainer_state.pt", weights_only=False)
     assert state["step"] == 2 and state["extra"]["ref_train"].shape == (8, 2)
-    monkeypatch.setattr(StageContext, "log_metrics", log_metrics)
+    monkeypatch.setattr(Stage, "log_metrics", log_metrics)
     run_recipe(dpo_recipe(tmp_path, tiny_checkpoint, "killed", data, epochs=2, save_every=1), quiet=True)
     straight = load_file(tmp_path / "runs" / "straight" / "dpo" / "final" / "model.safetensors")
     resumed = load_file(tmp_path / "runs" / "killed" / "dpo" / "final" / "model.safetensors")

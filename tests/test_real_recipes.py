@@ -68,7 +68,7 @@ def test_real_recipe_runs_two_steps_on_a_tiny_model_of_its_architecture(path, tm
     pytest.importorskip("math_verify")
     from transformers import AutoModelForCausalLM
 
-    from r1lab.pipeline import DATA_STAGE_KINDS, run_recipe
+    from r1lab.pipeline import run_recipe
 
     recipe = yaml.safe_load(path.read_text())
     if recipe.get("lora", {}).get("enabled"):
@@ -80,14 +80,15 @@ def test_real_recipe_runs_two_steps_on_a_tiny_model_of_its_architecture(path, tm
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == list(recipe["stages"])
     for entry in summary["stages"]:
-        if entry["kind"] in DATA_STAGE_KINDS:  # a data stage: its output is a JSONL file
-            assert Path(entry["checkpoint"]).is_file() and entry["eval"] is None and entry["data"]["rows"] > 0
+        if entry["data_file"]:  # a data stage: its output is a JSONL file, not a model
+            assert entry["model"] is None and Path(entry["data_file"]).is_file()
+            assert entry["eval"] is None and entry["data"]["rows"] > 0
             continue
         if entry["kind"] == "reward_model":  # the policy is unchanged; the reward model is beside it
-            assert entry["eval"] is None and (run_dir / entry["stage"] / "final" / "reward_model.json").is_file()
+            assert entry["eval"] is None and (Path(entry["reward_model"]) / "reward_model.json").is_file()
             continue
         assert 0.0 <= entry["eval"]["pass@1"] <= 1.0 and "pass@2" in entry["eval"]
-        final = AutoModelForCausalLM.from_pretrained(entry["checkpoint"])  # plain transformers loads it
+        final = AutoModelForCausalLM.from_pretrained(entry["model"])  # plain transformers loads it
         assert final.config.model_type == arch
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for name, stage in recipe["stages"].items():

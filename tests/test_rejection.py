@@ -126,12 +126,12 @@ def test_few_shot_long_cot_puts_k_worked_examples_before_the_question():
 
 
 def test_few_shot_long_cot_with_a_tiny_model(tiny_checkpoint):
-    from r1lab.engine import make_engine
+    from r1lab.generation import Generator
     from r1lab.models import load_model
 
     model, tokenizer = load_model(str(tiny_checkpoint))
     task = ArithmeticTask(digits=1)
-    rows, stats = few_shot_long_cot(make_engine("transformers", model, tokenizer), task,
+    rows, stats = few_shot_long_cot(Generator("transformers", model, tokenizer), task,
                                     PromptTemplate(TemplateConfig(), tokenizer), task.examples("train", 2), 2,
                                     SamplingParams(max_new_tokens=8), k=1)
     assert stats["sampled"] == 4 and stats["kept"] == len(rows) <= stats["correct"]
@@ -150,7 +150,7 @@ def test_rejection_sampling_stage_writes_data_for_a_later_sft_stage(tmp_path, ti
     run_dir = run_recipe(path, quiet=True)
     data, stats = run_dir / "rs" / "data.jsonl", json.loads((run_dir / "rs" / "stats.json").read_text())
     done = json.loads((run_dir / "rs" / "done.json").read_text())
-    assert done["checkpoint"] == str(data) and done["eval"] is None
+    assert done["data_file"] == str(data) and done["model"] is None and done["eval"] is None
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     assert stats["sampled"] == 4 and stats["domain_examples"] == 3 and stats["rows"] == len(rows) == stats["kept"] + 3
     assert all(row["source"]["stage"] == "rs" for row in rows[:stats["kept"]])
@@ -160,7 +160,7 @@ def test_rejection_sampling_stage_writes_data_for_a_later_sft_stage(tmp_path, ti
 def test_reward_model_spec_gives_a_cached_reward(tmp_path, tiny_checkpoint):
     from r1lab.models import load_tokenizer
     from r1lab.rewards import get_reward
-    from r1lab.train.reward_model import load_reward_model, save_reward_model
+    from r1lab.rewards.reward_model import load_reward_model, save_reward_model
     from r1lab.value_model import init_value_model
 
     save_reward_model(init_value_model(str(tiny_checkpoint)), load_tokenizer(str(tiny_checkpoint)), TemplateConfig(),

@@ -12,9 +12,9 @@ from r1lab.logprobs import make_batch
 from r1lab.models import load_tokenizer
 from r1lab.pipeline import run_recipe
 from r1lab.templates import PromptTemplate, TemplateConfig
-from r1lab.train.reward_model import (RewardModel, load_reward_model, make_reward_model_reward, save_reward_model,
-                                      sequence_scores)
-from r1lab.train.sft import encode_texts, split_response
+from r1lab.encoding import encode_texts, split_response
+from r1lab.rewards.reward_model import (RewardModel, load_reward_model, make_reward_model_reward, save_reward_model,
+                                        sequence_scores)
 from r1lab.value_model import init_value_model
 
 
@@ -42,7 +42,8 @@ def test_reward_model_learns_a_separable_preference(tmp_path, tiny_checkpoint):
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs())
     run_dir = run_recipe(rm_recipe(tmp_path, tiny_checkpoint, data, epochs=15), quiet=True)
     [entry] = json.loads((run_dir / "summary.json").read_text())["stages"]
-    assert entry["checkpoint"] == str(tiny_checkpoint)  # the policy passes through; the RM is in rm/final
+    assert entry["model"] == str(tiny_checkpoint)  # the policy passes through
+    assert entry["reward_model"] == str(run_dir / "rm" / "final")
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert 0 < metrics[0]["data/eval_pairs"] < 16
     steps = [m for m in metrics if "loss" in m]

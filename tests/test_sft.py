@@ -8,13 +8,18 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from r1lab.data.jsonl import DataFileError, read_sft_examples, resolve_data_path
+from r1lab.console import Console
+from r1lab.data.jsonl import DataFileError, read_sft_examples
+from r1lab.encoding import encode_sft_examples, split_response
 from r1lab.logprobs import completion_logprobs, make_batch
 from r1lab.losses import sft_loss
 from r1lab.models import EOS, R1_ZERO_PREFIX, R1_ZERO_SUFFIX, load_model, load_tokenizer
-from r1lab.pipeline import Console, RunConfig, StageContext, run_recipe
+from r1lab.pipeline import run_recipe
+from r1lab.recipe import RunConfig
+from r1lab.stage import RunOutputs, Stage
+from r1lab.supervised import micro_batches
 from r1lab.templates import PromptTemplate, TemplateConfig
-from r1lab.train.sft import SFTConfig, encode_sft_examples, micro_batches, split_response, sft_step_loss, train
+from r1lab.train.sft import SFTConfig, sft_step_loss, train
 
 COMPLETION = "<think>7+1=8</think> <answer>8</answer>"
 
@@ -28,8 +33,8 @@ def stage_context(tmp_path, model, name="sft"):
     run = RunConfig(name="t", output_dir=str(tmp_path), model=str(model), device="cpu")
     stage_dir = tmp_path / "t" / name
     stage_dir.mkdir(parents=True)
-    return StageContext(run=run, name=name, run_dir=tmp_path / "t", stage_dir=stage_dir, init_checkpoint=str(model),
-                        task=None, template=None, device=torch.device("cpu"), console=Console(quiet=True))
+    return Stage(name=name, run=run, task=None, init=str(model), outputs=RunOutputs(tmp_path / "t", str(model)),
+                 folder=stage_dir, device=torch.device("cpu"), console=Console(quiet=True))
 
 
 def toy_rows(n):
@@ -133,24 +138,30 @@ def test_bad_rows_name_file_line_and_field(tmp_path, tiny_checkpoint):
 
 def test_data_can_name_an_earlier_stage(tmp_path):
     data = write_jsonl(tmp_path / "kept.jsonl", toy_rows(2))
-    (tmp_path / "run" / "sampler").mkdir(parents=True)  # a stage whose output is a data file
-    (tmp_path / "run" / "sampler" / "done.json").write_text(json.dumps({"stage": "sampler", "checkpoint": str(data)}))
-    assert resolve_data_path("sampler", tmp_path / "run") == str(data)
-    assert resolve_data_path(str(data), tmp_path / "run") == str(data)
+    for name, entry in {"sampler": {"kind": "rejection_sampling", "model": None, "data_file": str(data)},
+                        "old": {"kind": "rejection_sampling", "checkpoint": str(data)},  # done.json before the split
+                        "rl": {"kind": "grpo", "model": str(tmp_path / "rl"), "data_file": None}}.items():
+        (tmp_path / "run" / name).mkdir(parents=True)
+        (tmp_path / "run" / name / "done.json").write_text(json.dumps({"stage": name, **entry}))
+    outputs = RunOutputs(tmp_path / "run", "base")
+    assert outputs.data("sampler") == outputs.data("old") == outputs.data(str(data)) == str(data)
     with pytest.raises(DataFileError, match="stage 'sft': data file not found: 'nope'"):
-        resolve_data_path("nope", tmp_path / "run", "sft")
+        outputs.data("nope", stage="sft")
+    with pytest.raises(DataFileError, match="stage 'rl' produced .* which is not a data file"):
+        outputs.data("rl")
 
 
 def test_sft_learns_to_reproduce_a_completion(tmp_path, tiny_checkpoint):
-    from r1lab.engine import SamplingParams, make_engine
+    from r1lab.engine import SamplingParams
+    from r1lab.generation import Generator
 
     path = write_jsonl(tmp_path / "one.jsonl", [{"prompt": "7+1", "completion": COMPLETION}] * 4)
     ctx = stage_context(tmp_path, tiny_checkpoint)
-    final = train(SFTConfig(data=str(path), epochs=40, batch_size=4, lr=1e-2, warmup_ratio=0.0, eval_fraction=0.0,
+    output = train(SFTConfig(data=str(path), epochs=40, batch_size=4, lr=1e-2, warmup_ratio=0.0, eval_fraction=0.0,
                             save_every=0, eval=False), ctx)
-    model, tok = load_model(final)
+    model, tok = load_model(output.model)
     template = PromptTemplate(TemplateConfig(), tok)
-    [[generation]] = make_engine("transformers", model, tok).generate(
+    [[generation]] = Generator("transformers", model, tok).generate(
         [template.render("7+1")], 1, SamplingParams(temperature=0.0, max_new_tokens=40))
     assert generation.text == " " + COMPLETION and not generation.truncated
     metrics = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
@@ -174,7 +185,7 @@ def test_pipeline_runs_an_sft_stage(tmp_path, tiny_checkpoint):
     data = write_jsonl(tmp_path / "sft.jsonl", toy_rows(12))
     run_dir = run_recipe(sft_recipe(tmp_path, tiny_checkpoint, "smoke", data, max_steps=2, eval=True), quiet=True)
     [entry] = json.loads((run_dir / "summary.json").read_text())["stages"]
-    assert entry["kind"] == "sft" and entry["checkpoint"] == str(run_dir / "sft" / "final")
+    assert entry["kind"] == "sft" and entry["model"] == str(run_dir / "sft" / "final") and entry["data_file"] is None
     assert 0.0 <= entry["eval"]["pass@1"] <= 1.0
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["data/eval_examples"] > 0 and metrics[0]["data/train_examples"] > 0
@@ -186,19 +197,19 @@ def test_killed_sft_run_resumes_to_the_same_weights(tmp_path, tiny_checkpoint, m
     data = write_jsonl(tmp_path / "sft.jsonl", toy_rows(12))
     run_recipe(sft_recipe(tmp_path, tiny_checkpoint, "straight", data, max_steps=4, save_every=1), quiet=True)
 
-    log_metrics = StageContext.log_metrics
+    log_metrics = Stage.log_metrics
 
     def killed_at_step_3(self, step, metrics):
         if step == 3:
             raise KeyboardInterrupt("simulated kill")
         log_metrics(self, step, metrics)
 
-    monkeypatch.setattr(StageContext, "log_metrics", killed_at_step_3)
+    monkeypatch.setattr(Stage, "log_metrics", killed_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(sft_recipe(tmp_path, tiny_checkpoint, "killed", data, max_steps=4, save_every=1), quiet=True)
     state = tmp_path / "runs" / "killed" / "sft" / "checkpoint" / "trainer_state.pt"
     assert torch.load(state, weights_only=False)["step"] == 2
-    monkeypatch.setattr(StageContext, "log_metrics", log_metrics)
+    monkeypatch.setattr(Stage, "log_metrics", log_metrics)
     run_recipe(sft_recipe(tmp_path, tiny_checkpoint, "killed", data, max_steps=4, save_every=1), quiet=True)
     straight = load_file(tmp_path / "runs" / "straight" / "sft" / "final" / "model.safetensors")
     resumed = load_file(tmp_path / "runs" / "killed" / "sft" / "final" / "model.safetensors")

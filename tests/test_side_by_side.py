@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from r1lab.cli import split_run_arguments
-from r1lab.pipeline import RunConfig, _set_threads
+from r1lab.stage import set_threads
 from r1lab.side_by_side import thread_shares
 from r1lab.threads import THREADS_FILE_ENV, threads_from_file
 from tests.test_cli import ROOT, grpo_recipe, r1lab, shrink_overrides
@@ -37,13 +37,13 @@ def test_threads_from_file(tmp_path):
 def test_the_pipeline_takes_the_parents_share_over_the_recipes_threads(tmp_path, monkeypatch):
     path = tmp_path / "threads"
     monkeypatch.setenv(THREADS_FILE_ENV, str(path))
-    _set_threads(RunConfig(threads=2))
+    set_threads(2)
     assert torch.get_num_threads() == 2  # no share written yet: the recipe's setting
     path.write_text("1")
-    _set_threads(RunConfig(threads=2))
+    set_threads(2)
     assert torch.get_num_threads() == 1
     path.write_text("2")  # a sibling finished: this run takes its core at its next stage
-    _set_threads(RunConfig(threads=0))
+    set_threads(0)
     assert torch.get_num_threads() == 2
 
 

@@ -5,7 +5,7 @@ A prompt that the model always solves, or never, gives a GRPO group whose reward
 gradient, wasted rollout time. Sampling k completions per prompt first and keeping those whose pass rate lies
 strictly between ``low`` and ``high`` (0.1 and 0.9 by default) spends the RL budget where there is signal.
 
-    kept, stats = filter_by_pass_rate(engine, task, template, k=8, max_prompts=2000)
+    kept, stats = filter_by_pass_rate(generator, task, template, k=8, max_prompts=2000)
     write_jsonl(kept, "data/filtered.jsonl")   # then train on it: task {name: dataset, options: {path: ...}}
 """
 
@@ -18,24 +18,23 @@ from pathlib import Path
 from statistics import fmean
 
 from r1lab.engine import SamplingParams
-from r1lab.rewards import extract_answer
-from r1lab.tasks import verify
+from r1lab.generation import Generator, sample_and_score
+from r1lab.rewards.language import language_consistency_reward
 
 
-def pass_rates(engine, template, examples: list[dict], k: int, params: SamplingParams,
+def pass_rates(generator: Generator, template, examples: list[dict], k: int, params: SamplingParams,
                batch_prompts: int = 64) -> list[float]:
     """Share of k sampled completions per example whose answer passes the example's verifier."""
     rates = []
     for start in range(0, len(examples), batch_prompts):
         chunk = examples[start:start + batch_prompts]
         batch_params = dataclasses.replace(params, seed=params.seed + start)  # a sampling stream per batch
-        groups = engine.generate([template.render(example["prompt"]) for example in chunk], k, batch_params)
-        for example, group in zip(chunk, groups):
-            rates.append(fmean(verify(extract_answer(template.prefill + g.text), example) for g in group))
+        samples = sample_and_score(generator, template, chunk, k, batch_params, verify_answers=True)
+        rates += [fmean(group) for group in samples.groups(samples.correct)]
     return rates
 
 
-def filter_by_pass_rate(engine, task, template, examples: list[dict] | None = None, k: int = 8,
+def filter_by_pass_rate(generator: Generator, task, template, examples: list[dict] | None = None, k: int = 8,
                         low: float = 0.1, high: float = 0.9, *, max_prompts: int = 0, split: str = "train",
                         temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
                         seed: int = 0) -> tuple[list[dict], dict]:
@@ -53,7 +52,7 @@ def filter_by_pass_rate(engine, task, template, examples: list[dict] | None = No
     elif max_prompts:
         examples = examples[:max_prompts]
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-    rates = pass_rates(engine, template, examples, k, params)
+    rates = pass_rates(generator, template, examples, k, params)
     kept = [{**example, "pass_rate": rate} for example, rate in zip(examples, rates) if low < rate < high]
     stats = {
         "prompts": len(examples),
@@ -84,8 +83,6 @@ _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 def is_mixed_language(completion: str, language: str = "en", min_share: float = 0.95) -> bool:
     """True when the chain of thought's share of ``language`` words is below ``min_share`` (no words: False)."""
-    from r1lab.rewards.language import language_consistency_reward
-
     share = language_consistency_reward(completion, {"language": language})
     return share is not None and share < min_share
 

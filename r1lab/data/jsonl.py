@@ -14,30 +14,12 @@ completions of it) lands on the same side and the eval loss never sees a trainin
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 # DataFileError and read_jsonl live in the low-level r1lab.jsonl_files (tasks read files too); imported from here
 # as well by the trainers and tests.
 from r1lab.jsonl_files import DataFileError, read_jsonl
 from r1lab.tasks.splits import split_of
-
-
-def resolve_data_path(data: str, run_dir: str | Path, stage: str = "") -> str:
-    """``data`` as a file path, or the output file of an earlier stage of this run named ``data``."""
-    where = f"stage '{stage}': " if stage else ""
-    if not data:
-        raise DataFileError(f"{where}set data: to a JSONL file or to the name of an earlier stage that wrote one")
-    if os.path.isfile(data):
-        return data
-    done = Path(run_dir) / data / "done.json"
-    if done.is_file():  # an earlier stage whose output ("checkpoint" in its done.json) is a data file
-        output = json.loads(done.read_text()).get("checkpoint")
-        if output and os.path.isfile(output):
-            return output
-        raise DataFileError(f"{where}data: stage '{data}' produced {output!r}, which is not a data file")
-    raise DataFileError(f"{where}data file not found: {data!r} (resolved to {os.path.abspath(data)}); relative "
-                        f"paths are read from the current directory, stage names from {run_dir}")
 
 
 def _text_field(where: str, row: dict, name: str, hint: str) -> str:
