@@ -133,3 +133,47 @@ def whiten(values: Tensor, mask: Tensor, *, shift_mean: bool = True, eps: float 
     var = masked_mean((values - mean) ** 2, m) * n / (n - 1).clamp(min=1)
     out = values - mean if shift_mean else values
     return torch.where(m, out * torch.rsqrt(var + eps), 0.0)
+
+
+# --- PPO: per-token rewards with the KL penalty inside, then GAE -----------------------------------------------
+
+def token_rewards(outcome: Tensor, mask: Tensor, kl: Tensor | None = None, kl_coef: float = 0.0) -> Tensor:
+    """Per-token PPO rewards (B, T): −β·KL_t on every completion token, plus the outcome r_φ(q, o) (B,) on each
+    row's last completion token (the last masked-in one). Masked positions are 0; a row with no tokens gets nothing.
+    """
+    if mask.dim() != 2 or outcome.shape != mask.shape[:1]:
+        raise ValueError(f"outcome must be (B,) for mask (B, T) {tuple(mask.shape)}, got {tuple(outcome.shape)}")
+    m = mask.bool()
+    rewards = torch.zeros(m.shape, dtype=torch.float32, device=mask.device)
+    if kl_coef != 0:
+        if kl is None or kl.shape != mask.shape:
+            raise ValueError(f"kl_coef={kl_coef} needs kl (B, T) like mask {tuple(mask.shape)}")
+        rewards = rewards - kl_coef * torch.where(m, kl.float(), 0.0)
+    has_tokens = m.any(-1)
+    last = m.shape[1] - 1 - m.flip(-1).int().argmax(-1)  # argmax finds the first 1 of the flipped row
+    rows = torch.arange(m.shape[0], device=mask.device)[has_tokens]
+    rewards[rows, last[has_tokens]] += outcome[has_tokens].float().to(mask.device)
+    return torch.where(m, rewards, 0.0)
+
+
+def ppo_advantages(outcome: Tensor, values: Tensor, mask: Tensor, *, kl: Tensor | None = None, kl_coef: float = 0.0,
+                   gamma: float = 1.0, lam: float = 0.95, whiten_rewards: bool = False,
+                   whiten_advantages: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Rollout rewards and values -> (advantages, returns, token rewards), each (B, T), masked positions 0.
+
+    Returns are R_t = A_t + V(s_t) before advantage whitening (the critic's target). With γ = λ = 1, V ≡ 0, β = 0
+    and no whitening, A_t = R_t = the outcome on every token of the completion: REINFORCE.
+    """
+    rewards = token_rewards(outcome, mask, kl, kl_coef)
+    if whiten_rewards:
+        rewards = whiten(rewards, mask, shift_mean=False)
+    advantages, returns = gae(rewards, values.detach().float(), mask, gamma=gamma, lam=lam)
+    if whiten_advantages:
+        advantages = whiten(advantages, mask)
+    return advantages, returns, rewards
+
+
+def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, n: int) -> float:
+    """Ziegler et al. 2019 §2.2: e = clip(KL / target − 1, −0.2, 0.2); β ← β·(1 + e·n / horizon), n = completions."""
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return coef * (1.0 + error * n / horizon)

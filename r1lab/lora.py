@@ -45,9 +45,10 @@ def _peft():
     return peft
 
 
-def load_lora_policy(run, init_checkpoint: str, checkpoint_dir: str | Path, device: torch.device):
+def load_lora_policy(run, init_checkpoint: str, checkpoint_dir: str | Path | None, device: torch.device):
     """The base model from ``init_checkpoint`` with LoRA adapters: fresh ones, or those saved in
-    ``checkpoint_dir/adapter`` when the stage resumes. ``run`` is the RunConfig (dtype, lora, checkpointing)."""
+    ``checkpoint_dir/adapter`` when the stage resumes (None: always fresh). ``run``: anything with the run's
+    ``lora``, ``dtype`` and ``gradient_checkpointing`` settings (``RunConfig``, ``r1lab.policy.ModelSettings``)."""
     cfg: LoraConfig = run.lora
     peft = _peft()
     if cfg.load_in_4bit:
@@ -59,8 +60,8 @@ def load_lora_policy(run, init_checkpoint: str, checkpoint_dir: str | Path, devi
         base, tokenizer = load_model(init_checkpoint, dtype=run.dtype, device=device)
         if run.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    adapter = Path(checkpoint_dir) / "adapter"
-    if (adapter / "adapter_config.json").is_file():
+    adapter = Path(checkpoint_dir) / "adapter" if checkpoint_dir is not None else None
+    if adapter is not None and (adapter / "adapter_config.json").is_file():
         model = peft.PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
     else:
         targets = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)

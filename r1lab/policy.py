@@ -114,7 +114,7 @@ class Policy:
         resume = load_training_state(resume_from) if resume_from is not None else None
         lora = settings.lora
         if lora is not None and lora.enabled:
-            model, tokenizer = load_lora_policy(settings, init_checkpoint, resume_from or Path("/nonexistent"), device)
+            model, tokenizer = load_lora_policy(settings, init_checkpoint, resume_from, device)
         else:
             has_weights = resume_from is not None and (Path(resume_from) / "config.json").is_file()
             source = str(resume_from) if has_weights else init_checkpoint
@@ -245,6 +245,7 @@ class Policy:
         """
         minibatch_tokens = batch.completion_mask[rows].sum().clamp(min=1)
         totals: dict[str, float] = {}
+        entropy_sum = 0.0
         for micro in rows.split(micro_batch_size or len(rows)):
             part = batch.select(micro)
             mask = part.completion_mask
@@ -256,10 +257,10 @@ class Policy:
                 raise FloatingPointError(f"{name} is {loss.item()} ({stats}): lower the learning rate or check the "
                                          f"rewards")
             (loss * weight).backward()
-            stats = {"loss": loss.item(), **stats,  # loss_fn may report a part of the loss as "loss"
-                     "entropy": ((entropy * mask).sum() / mask.sum().clamp(min=1)).item()}
-            for key, value in stats.items():
+            entropy_sum += (entropy * mask).sum().item()
+            for key, value in {"loss": loss.item(), **stats}.items():  # loss_fn may report a part as "loss"
                 totals[key] = totals.get(key, 0.0) + weight * value
+        totals["entropy"] = entropy_sum / minibatch_tokens.item()  # token mean over the minibatch
         return totals
 
     def train(self) -> None:

@@ -270,7 +270,8 @@ def plot_extra_metrics(run_dir: str | Path) -> Path | None:
 
 
 def plot_reasoning_metrics(run_dir: str | Path) -> Path | None:
-    """reasoning_curves.png: how the reasoning changes over training (issue 6, the "aha moment").
+    """reasoning_curves.png: how the reasoning changes over training (the "aha moment", DeepSeek-R1 arXiv
+    2501.12948 §2.2.4).
 
     Completion length p10/p50/p90, checks and revisions per completion, and training accuracy by the number of
     checks in a completion. Panels without data say so; None when the log has none of these metrics.
@@ -332,7 +333,7 @@ SUMMARY_COLUMNS: list[tuple[str, str | tuple[str, ...], Callable[[object], str]]
 ]
 
 
-# Columns shown only when some stage reports them (tasks with self-checks, issue 6). The evaluation summary holds the
+# Columns shown only when some stage reports them (tasks with self-checks). The evaluation summary holds the
 # task's metrics under their own keys (task.metrics: "checks/per_completion", ...); runs written before that used
 # "checks_per_completion" and "ok_precision", still read so that their reports keep these numbers.
 OPTIONAL_SUMMARY_COLUMNS: list[tuple[str, str | tuple[str, ...], Callable[[object], str]]] = [

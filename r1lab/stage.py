@@ -239,7 +239,7 @@ class Stage:
         return StageOutput(data_file=str(path))
 
     def save_checkpoint(self, policy: Policy, step: int, *, extra: dict | None = None, write_more=None) -> None:
-        """A resumable checkpoint of ``policy`` at ``step`` in ``<stage>/checkpoint`` (see ``Policy.save_checkpoint``)."""
+        """A resumable checkpoint of ``policy`` at ``step`` in ``<stage>/checkpoint`` (``Policy.save_checkpoint``)."""
         policy.save_checkpoint(self.checkpoint_dir, step, extra=extra, write_more=write_more)
 
     def save_final(self, policy: Policy) -> StageOutput:

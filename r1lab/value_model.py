@@ -1,4 +1,5 @@
-"""The PPO critic: a causal-LM backbone with a scalar head, V_ψ(s_t) for every completion token (PPO for language models, DeepSeekMath arXiv 2402.03300 §2).
+"""The PPO critic: a causal-LM backbone with a scalar head, V_ψ(s_t) for every completion token (PPO for language
+models as in DeepSeekMath, arXiv 2402.03300 §4.1).
 
 The backbone is the base transformer of a causal LM (``AutoModel`` drops the LM head), initialised from the policy
 checkpoint, as in most PPO-for-LM setups, or from a reward model when one exists. The head is ``Linear(hidden, 1)``

@@ -59,3 +59,70 @@ def test_greedy_is_deterministic_across_seeds(engine):
 def test_unknown_engine_name(engine):
     with pytest.raises(ValueError, match="unknown generation engine 'vllx'"):
         make_engine("vllx", engine.model, engine.tokenizer)
+
+
+def _transformers_own_sampling(model, tok, prompts, params):
+    """Token ids from model.generate with transformers' own warpers (what the engine did before it recorded
+    logprobs): the engine's explicit warpers must sample exactly the same tokens."""
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(params.seed)
+    out = model.generate(**enc, do_sample=True, temperature=params.temperature, top_p=params.top_p,
+                         top_k=params.top_k, max_new_tokens=params.max_new_tokens,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return out[:, enc["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("temperature,top_p,top_k", [(1.0, 1.0, 0), (0.6, 0.95, 0), (0.7, 1.0, 5), (1.3, 0.8, 10)])
+def test_recording_logprobs_samples_the_same_tokens_as_transformers(engine, temperature, top_p, top_k):
+    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=10, seed=5)
+    prompts = ["1+2", "33+44", "7"]
+    expected = _transformers_own_sampling(engine.model, engine.tokenizer, prompts, params)
+    out = engine.generate(prompts, 1, params)
+    eos = engine.tokenizer.eos_token_id
+    for row, [generation] in zip(expected, out):
+        cut = row[:row.index(eos) + 1] if eos in row else row
+        assert generation.completion_ids == cut
+        assert len(generation.logprobs) == len(generation.completion_ids)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampler_logprobs_equal_the_trainers_at_the_sampling_temperature(engine, temperature):
+    """Without top-p/top-k truncation the sampler's logprob of each token is log softmax(logits / T): the same
+    number the trainer's forward pass computes (r1lab.logprobs.completion_logprobs with that temperature)."""
+    from r1lab.logprobs import completion_logprobs, make_batch
+
+    out = engine.generate(["1+2", "33+44"], 3, SamplingParams(temperature=temperature, max_new_tokens=8, seed=2))
+    generations = [g for group in out for g in group]
+    batch = make_batch([g.prompt_ids for g in generations], [g.completion_ids for g in generations],
+                       engine.tokenizer.pad_token_id)
+    with torch.no_grad():
+        trainer, _ = completion_logprobs(engine.model, batch, temperature=temperature)
+    for row, g in enumerate(generations):
+        assert torch.allclose(torch.tensor(g.logprobs), trainer[row, :len(g.completion_ids)], atol=1e-5)
+
+
+def test_top_p_logprobs_are_those_of_the_truncated_distribution(engine):
+    """With top-p the sampler renormalises over the nucleus: each token's logprob is at least its untruncated one,
+    and a token that kept all the mass is near 0."""
+    from r1lab.logprobs import completion_logprobs, make_batch
+
+    params = SamplingParams(temperature=1.0, top_p=0.5, max_new_tokens=8, seed=4)
+    generations = [g for group in engine.generate(["1+2", "5"], 4, params) for g in group]
+    batch = make_batch([g.prompt_ids for g in generations], [g.completion_ids for g in generations],
+                       engine.tokenizer.pad_token_id)
+    with torch.no_grad():
+        full, _ = completion_logprobs(engine.model, batch)
+    for row, g in enumerate(generations):
+        sampled = torch.tensor(g.logprobs)
+        assert (sampled <= 1e-6).all() and (sampled >= full[row, :len(g.completion_ids)] - 1e-5).all()
+    assert any(lp > full[row, j] + 1e-3 for row, g in enumerate(generations) for j, lp in enumerate(g.logprobs))
+
+
+def test_greedy_logprobs_are_the_models_own(engine):
+    from r1lab.logprobs import completion_logprobs, make_batch
+
+    [[g]] = engine.generate(["12+34"], 1, SamplingParams(temperature=0.0, max_new_tokens=6))
+    batch = make_batch([g.prompt_ids], [g.completion_ids], engine.tokenizer.pad_token_id)
+    with torch.no_grad():
+        full, _ = completion_logprobs(engine.model, batch)
+    assert torch.allclose(torch.tensor(g.logprobs), full[0, :len(g.completion_ids)], atol=1e-5)

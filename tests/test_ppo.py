@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from r1lab.logprobs import make_batch
-from r1lab.train.ppo import PPOConfig, adaptive_kl_coef, ppo_advantages, token_rewards
+from r1lab.advantages import adaptive_kl_coef, ppo_advantages, token_rewards
+from r1lab.train.ppo import PPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = float("nan")
@@ -264,3 +265,28 @@ def test_bench_completions_to_target_and_table():
     assert table[4] == "| completions to held-out pass@1 ≥ 0.45 | 3,200 | not reached | GRPO |"
     assert table[5] == "| final held-out pass@1 | 0.500 | 0.550 | PPO |"
     assert table[7] == "| wall seconds (whole run, evals included) | 400 | 400 | tie |"
+
+
+def test_ppo_micro_batches_add_up_to_the_whole_minibatch(tiny_policy, tmp_path):
+    """PPO now micro-batches through the policy: one sequence at a time gives the weights (policy and critic) of
+    whole minibatches (token aggregation: the policy and value losses are token means, weighted by token share)."""
+    from safetensors.torch import load_file
+
+    from r1lab.pipeline import run_recipe
+
+    finals = {}
+    for name, micro in (("whole", 0), ("micro", 1)):
+        recipe = yaml.safe_load(_recipe(tmp_path, tiny_policy[0]).read_text())
+        recipe["name"] = name
+        recipe["stages"]["ppo"].update({"steps": 1, "micro_batch_size": micro, "eval_every": 0, "eval": False,
+                                        "lr": 1e-3, "rewards": {"format_soft": 1.0, "accuracy": 1.0}})
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        final = run_recipe(path, quiet=True) / "ppo" / "final"
+        finals[name] = {**load_file(final / "model.safetensors"),
+                        **{f"value.{k}": v for k, v in load_file(final / "value_model" / "model.safetensors").items()},
+                        **{f"head.{k}": v for k, v in load_file(final / "value_model" / "value_head.safetensors").items()}}
+    before = load_file(Path(tiny_policy[0]) / "model.safetensors")
+    assert any(not torch.equal(before[k], finals["whole"][k]) for k in before), "the step must change the weights"
+    for key, value in finals["whole"].items():
+        torch.testing.assert_close(finals["micro"][key], value, atol=1e-6, rtol=1e-5)

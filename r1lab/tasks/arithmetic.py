@@ -1,7 +1,7 @@
 """Multi-digit arithmetic ("347+589" -> "936"), with column-by-column worked solutions for pretraining.
 
 Prompts are compact because the tiny model reads characters: every character costs a token.
-The corpus styles give a from-scratch model partial skill (REFERENCE.md §5): worked solutions with and
+The corpus styles give a from-scratch model partial skill (README, "Stability"): worked solutions with and
 without tags, some with one plausible human mistake that propagates to a wrong final answer. The "worked_words"
 and "worked_mixed" styles put reasoning words between the steps, in English or drawn from English and Spanish
 within one chain of thought, so that the tiny model can learn to mix languages and the language-consistency reward

@@ -1,4 +1,4 @@
-"""Reading the self-checks in Countdown completions: pure functions, no model (issue 6).
+"""Reading the self-checks in Countdown completions: pure functions, no model.
 
 A completion's reasoning is read word by word:
 

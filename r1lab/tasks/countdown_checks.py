@@ -1,7 +1,9 @@
-"""Countdown with checks a tiny model can compute locally (issue 6, the "aha moment" in miniature).
+"""Countdown with checks a tiny model can compute locally (the "aha moment" in miniature, DeepSeek-R1 arXiv
+2501.12948 §2.2.4).
 
 Same problems and verifier as `countdown`, but the pretraining traces are written so that checking a candidate needs
-no long-range arithmetic (REFERENCE.md §5: with "3*5+7=22 ok" marks a tiny base model's checks were at chance):
+no long-range arithmetic (with "3*5+7=22 ok" marks a tiny base model's checks were at chance; README, "The aha
+moment in miniature"):
 
     <think>target 22 3+5+7=8+7=15 15-22=-7 no 3*5+7=15+7=22 22-22=0 ok</think><answer>3*5+7</answer>
 

@@ -1,8 +1,8 @@
 """The ``check_gate`` stage: before RL, are the model's own self-checks reliable enough to pay?
 
 Self-checking can only raise accuracy when a check's verdict is right: a base whose "ok" marks were on real
-hits 19–28% of the time taught GRPO to stop checking (README, "The aha moment in miniature"). This stage samples the model
-the way RL will (``temperature`` 1.0 by default), reads the checks in its completions (r1lab.tasks.checks) and
+hits 19–28% of the time taught GRPO to stop checking (README, "The aha moment in miniature"). This stage samples
+the model the way RL will (``temperature`` 1.0 by default), reads the checks in its completions (r1lab.tasks.checks) and
 reports ok_precision (share of "ok" marks on real hits), no_precision (share of "no" marks on real misses) and
 accuracy by the number of checks in a completion. It writes ``<stage>/gate.json`` (also in summary.json) and warns,
 or stops the run (``on_fail: stop``), when a precision is below its threshold. The model passes through unchanged:

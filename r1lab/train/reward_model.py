@@ -1,9 +1,9 @@
 """Reward model: Bradley–Terry on preference pairs (Ouyang et al. 2022, arXiv 2203.02155), for R1's last RL stage.
 
 R1 scores general (non-reasoning) prompts with preference reward models and reasoning prompts with rules
-(DeepSeek-R1 arXiv 2501.12948 §2.3.4). The model is ``r1lab.value_model.ValueModel``: the base transformer of the
-stage's starting checkpoint and a ``Linear(hidden, 1)`` head, the same module PPO uses as its critic, so a PPO stage can start
-its critic from a reward model (``value_init: <this stage's final folder>``).
+(DeepSeek-R1 arXiv 2501.12948 §2.3.4). The model is ``r1lab.value_model.ValueModel``: the base transformer of
+the stage's starting checkpoint and a ``Linear(hidden, 1)`` head, the same module PPO uses as its critic, so a PPO
+stage can start its critic from a reward model (``value_init: <this stage's final folder>``).
 
 The score of (prompt, completion) is the head on the hidden state of the completion's last token. Completions end
 with EOS and ``ValueModel.values`` gives, in each completion column, the value of the prefix before that token; the
