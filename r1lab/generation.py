@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from r1lab.config import doc
 from r1lab.engine import Generation, SamplingParams, make_engine
 from r1lab.rewards import ScoreResult, extract_answer, score_completions
 from r1lab.tasks import verify
@@ -33,6 +34,25 @@ class Generator:
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> list[list[Generation]]:
         """``n`` completions per prompt text: result[i][j] is the j-th completion of prompt i."""
         return self.engine.generate(prompts, n, params)
+
+
+@dataclass
+class DataSamplingConfig:
+    """What the stages that sample a model to write a data set share (rejection sampling, cold start, preference
+    pairs): the model, how many prompts and samples, how to sample, the output file."""
+
+    init: str = doc("", "Model to sample from: an earlier stage's name, a path or hub id (empty: the previous model).")
+    num_prompts: int = doc(256, "Training prompts to sample for.")
+    samples_per_prompt: int = doc(4, "Completions per prompt (R1: several per prompt).")
+    temperature: float = doc(0.7, "Sampling temperature.")
+    top_p: float = doc(0.95, "Nucleus sampling.")
+    max_new_tokens: int = doc(64, "Longest completion.")
+    output: str = doc("data.jsonl", "File name of the data set inside the stage folder.")
+    eval: bool = doc(False, "The output is a data file, not a model: nothing to evaluate.")
+
+    def sampling(self, seed: int) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                              seed=seed)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from r1lab.generation import Generator, sample_and_score
 from r1lab.logprobs import Batch, make_batch
 from r1lab.rewards import ScoreResult
 from r1lab.models import peak_memory
-from r1lab.policy import OptimizerSettings, Policy
+from r1lab.policy import OptimizerSettings, Policy, warmup_then_decay
 from r1lab.stage import Stage
 from r1lab.tasks import TaskConfig, task_metrics
 
@@ -178,10 +178,20 @@ def sample_lines(rollout: Rollout, stage: str, step: int, limit: int) -> list[st
 
 # --- what every online RL step does around its algorithm --------------------------------------------------------
 
-def training_pool(task, cfg: OnlineRLConfig, seed: int) -> list[dict]:
-    """The training problems a stage draws its prompts from (the same for GRPO and PPO, so that both see the same
-    problems at every step)."""
-    return task.examples("train", max(4096, cfg.prompts_per_step * 64), seed=seed)
+def start_online_rl(stage: Stage, cfg: OnlineRLConfig, policy: Policy,
+                    extra_groups: list[dict] | None = None) -> tuple[Generator, object, list[dict]]:
+    """What GRPO and PPO do before their first step: AdamW and the warmup-then-decay schedule (restored on resume),
+    the stage's generator, the task the prompts come from and its pool of training problems (the same for both
+    algorithms, so that they see the same problems at every step), and the held-out evaluation of the start.
+    Returns (generator, prompt task, pool)."""
+    policy.configure_optimizer(cfg.optimizer_settings(extra_groups),
+                               warmup_then_decay(cfg.steps, cfg.warmup_steps, cfg.lr_schedule))
+    generator = stage.generator(policy)
+    prompt_task = stage.prompt_task(cfg.task)
+    pool = prompt_task.examples("train", max(4096, cfg.prompts_per_step * 64), seed=stage.run.seed)
+    if policy.resume_step == 0 and cfg.eval_every:
+        stage.quick_eval(generator, step=0)
+    return generator, prompt_task, pool
 
 
 def draw_rollout(generator: Generator, stage: Stage, cfg, pool: list[dict], draws: torch.Generator,

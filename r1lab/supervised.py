@@ -55,6 +55,20 @@ class FixedDataConfig:
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
 
 
+@dataclass
+class PairDataConfig(FixedDataConfig):
+    """FixedDataConfig for preference pairs (DPO, reward model)."""
+
+    data: str = doc("", "JSONL of {prompt, chosen, rejected} rows, or the name of an earlier stage that wrote one.")
+    batch_size: int = doc(32, "Pairs per optimizer step.")
+    micro_batch_size: int = doc(8, "Pairs per forward/backward (two sequences each); gradients accumulate (0: all).")
+
+    def check(self) -> None:
+        super().check()
+        if self.micro_batch_size < 0:
+            raise ValueError("micro_batch_size must be at least 0")
+
+
 # --- data: split, encode, order ----------------------------------------------------------------------------------
 
 def split_and_encode(stage: Stage, cfg: FixedDataConfig, rows: list[dict], encode: Callable[[list[dict]], list],

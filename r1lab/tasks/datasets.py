@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from r1lab.tasks.splits import check_split, check_test_fraction, split_of, split_rng
+from r1lab.tasks.splits import check_split, check_test_fraction, held_out_split, split_rng
 from r1lab.tasks.verifiers import VERIFIERS, verify
 
 _FILE_LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -107,14 +107,9 @@ class DatasetTask:
         if self.verifier not in VERIFIERS:
             raise ValueError(f"unknown verifier {self.verifier!r}; known verifiers: {', '.join(sorted(VERIFIERS))}")
         check_test_fraction(self.test_fraction)
-        train = self._load(self.path, self.split)
-        if self.test_path is None and self.test_split is None:
-            self._rows = {"train": [], "test": []}
-            for row in train:
-                self._rows[split_of(row["prompt"], self.test_fraction)].append(row)
-        else:
-            test = self._load(self.test_path or self.path, self.test_split or self.split)
-            self._rows = {"train": train, "test": test}
+        separate = self.test_path is not None or self.test_split is not None
+        test = self._load(self.test_path or self.path, self.test_split or self.split) if separate else None
+        self._rows = held_out_split(self._load(self.path, self.split), test, self.test_fraction)
 
     def _load(self, path: str, split: str) -> list[dict]:
         rows, where = read_table(path, split=split, config=self.config, max_rows=self.max_rows)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from r1lab.jsonl_files import read_jsonl
-from r1lab.tasks.splits import check_split, check_test_fraction, split_of, split_rng
+from r1lab.tasks.splits import check_split, check_test_fraction, held_out_split, split_rng
 from r1lab.tasks.verifiers import VERIFIERS, verify
 
 
@@ -76,14 +76,9 @@ class JsonlTask:
         if self.verifier not in VERIFIERS:
             raise ValueError(f"unknown verifier {self.verifier!r}; known verifiers: {', '.join(sorted(VERIFIERS))}")
         check_test_fraction(self.test_fraction)
-        train_rows = _read_rows(self.train_path, self.prompt_field, self.answer_field, self.verifier)
-        if self.test_path is None:
-            self._rows = {"train": [], "test": []}
-            for row in train_rows:
-                self._rows[split_of(row["prompt"], self.test_fraction)].append(row)
-        else:
-            test_rows = _read_rows(self.test_path, self.prompt_field, self.answer_field, self.verifier)
-            self._rows = {"train": train_rows, "test": test_rows}
+        read = lambda path: _read_rows(path, self.prompt_field, self.answer_field, self.verifier)  # noqa: E731
+        self._rows = held_out_split(read(self.train_path), read(self.test_path) if self.test_path else None,
+                                    self.test_fraction)
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[dict]:
         """`n` rows sampled without replacement; every row in file order when n <= 0 or n >= the row count."""

@@ -31,6 +31,17 @@ def split_of(key: str, test_fraction: float) -> str:
     return "test" if bucket < test_fraction else "train"
 
 
+def held_out_split(train_rows: list[dict], test_rows: list[dict] | None, test_fraction: float) -> dict[str, list]:
+    """{"train", "test"} rows of a data-file task: the given held-out rows, or else the training rows whose prompt
+    hashes into the ``test_fraction`` share (every row of one prompt on the same side)."""
+    if test_rows is not None:
+        return {"train": train_rows, "test": test_rows}
+    rows: dict[str, list] = {"train": [], "test": []}
+    for row in train_rows:
+        rows[split_of(row["prompt"], test_fraction)].append(row)
+    return rows
+
+
 def split_rng(task_name: str, split: str, seed: int) -> random.Random:
     # A string seed is hashed deterministically by `random` (unlike hash(), which varies per process).
     return random.Random(f"{task_name}:{split}:{seed}")

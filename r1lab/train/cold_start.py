@@ -22,21 +22,17 @@ from r1lab.config import doc
 from r1lab.data.cold_start import cold_start_from_outputs, few_shot_long_cot
 from r1lab.data.jsonl import read_sft_examples
 from r1lab.data.rejection import ReadabilityFilters, rejection_sample
-from r1lab.engine import SamplingParams
+from r1lab.generation import DataSamplingConfig
 from r1lab.stage import Stage, StageOutput
 from r1lab.templates import PromptTemplate
 
 
 @dataclass
-class ColdStartConfig:
+class ColdStartConfig(DataSamplingConfig):
     kind: str = doc("cold_start", "Stage kind: build cold-start SFT data (rewritten R1-Zero outputs, few-shot CoT).")
     init: str = doc("", "Checkpoint whose outputs are rewritten (R1-Zero): an earlier stage's name, a path or hub id "
                         "(empty: previous stage).")
     num_prompts: int = doc(128, "Training prompts sampled from the init checkpoint (0: none).")
-    samples_per_prompt: int = doc(4, "Completions per prompt.")
-    temperature: float = doc(0.7, "Sampling temperature.")
-    top_p: float = doc(0.95, "Nucleus sampling.")
-    max_new_tokens: int = doc(64, "Longest completion.")
     few_shot_from: str = doc("", "Model prompted few-shot for long chain of thought (a stage name, 'model', a path; "
                                  "empty: no few-shot rows).")
     few_shot_prompts: int = doc(0, "Training prompts for few-shot generation.")
@@ -47,8 +43,6 @@ class ColdStartConfig:
     written_data: str = doc("", "JSONL of {prompt, completion} rows written by people, added as they are (empty: "
                                 "none).")
     filters: ReadabilityFilters = doc(ReadabilityFilters(), "Readability filters and deduplication.")
-    output: str = doc("data.jsonl", "File name of the data set inside the stage folder.")
-    eval: bool = doc(False, "The output is a data file, not a model: nothing to evaluate.")
 
     def __post_init__(self):
         if min(self.num_prompts, self.few_shot_prompts, self.written_rows) < 0 or self.samples_per_prompt < 1:
@@ -59,8 +53,7 @@ class ColdStartConfig:
 
 def run_stage(cfg: ColdStartConfig, stage: Stage) -> StageOutput:
     """Write the cold-start data set and its stats."""
-    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                            seed=stage.run.seed)
+    params = cfg.sampling(stage.run.seed)
     stats: dict = {}
     rows: list[dict] = []
     if cfg.num_prompts:

@@ -32,25 +32,20 @@ from r1lab.encoding import EncodedPair, encode_pairs
 from r1lab.logprobs import completion_logprobs, make_batch
 from r1lab.losses import dpo_loss
 from r1lab.stage import Stage, StageOutput
-from r1lab.supervised import FixedDataConfig, configure_optimizer, schedule_steps, split_and_encode, train_steps
+from r1lab.supervised import PairDataConfig, configure_optimizer, schedule_steps, split_and_encode, train_steps
 
 
 @dataclass
-class DPOConfig(FixedDataConfig):
+class DPOConfig(PairDataConfig):
     kind: str = doc("dpo", "Stage kind: DPO on preference pairs (offline baseline to GRPO).")
     init: str = doc("", "Checkpoint to start from (also the frozen reference): an earlier stage's name, a path or "
                         "hub id (empty: previous stage).")
-    data: str = doc("", "JSONL of {prompt, chosen, rejected} rows, or the name of an earlier stage that wrote one.")
     beta: float = doc(0.1, "β: strength of the implicit KL to the reference (DPO paper: 0.1).")
-    batch_size: int = doc(32, "Pairs per optimizer step.")
-    micro_batch_size: int = doc(8, "Pairs per forward/backward (two sequences each); gradients accumulate (0: all).")
     lr: float = doc(1e-6, "Peak learning rate (AdamW); the DPO paper uses 1e-6 (tiny models need ~1e-4).")
     warmup_ratio: float = doc(0.1, "Share of the optimizer steps spent in linear warmup.")
 
     def __post_init__(self):
         self.check()
-        if self.micro_batch_size < 0:
-            raise ValueError("micro_batch_size must be at least 0")
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
 

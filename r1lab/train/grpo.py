@@ -30,9 +30,8 @@ import torch
 from r1lab.advantages import group_advantages, zero_spread_groups
 from r1lab.config import doc
 from r1lab.losses import grpo_loss
-from r1lab.policy import warmup_then_decay
 from r1lab.rollout import (OnlineRLConfig, add_stats, concat_rollouts, draw_rollout, finish_step, rollout_metrics,
-                           select_groups, step_seeds, training_pool, warn_if_truncated)
+                           select_groups, start_online_rl, step_seeds, warn_if_truncated)
 from r1lab.stage import Stage, StageOutput
 
 
@@ -68,13 +67,8 @@ def train(cfg: GRPOConfig, stage: Stage) -> StageOutput:
     policy.attach_reference(cfg.kl_coef > 0, resettable=bool(cfg.ref_reset_every))
     if cfg.ref_reset_every and policy.reference_adapters_off:
         stage.warn("ref_reset_every is ignored with LoRA: the reference is the base model (adapters off)")
-    policy.configure_optimizer(cfg.optimizer_settings(), warmup_then_decay(cfg.steps, cfg.warmup_steps,
-                                                                           cfg.lr_schedule))
-    generator = stage.generator(policy)
-    prompt_task, pad_id, seed = stage.prompt_task(cfg.task), policy.tokenizer.pad_token_id, stage.run.seed
-    pool = training_pool(prompt_task, cfg, seed)
-    if policy.resume_step == 0 and cfg.eval_every:
-        stage.quick_eval(generator, step=0)
+    generator, prompt_task, pool = start_online_rl(stage, cfg, policy)
+    pad_id, seed = policy.tokenizer.pad_token_id, stage.run.seed
 
     for step in range(policy.resume_step, cfg.steps):
         started = time.time()

@@ -41,9 +41,8 @@ from r1lab.advantages import adaptive_kl_coef, ppo_advantages
 from r1lab.checkpoint import atomic_dir
 from r1lab.config import doc
 from r1lab.losses import kl_penalty, masked_mean, ppo_policy_loss, value_loss
-from r1lab.policy import warmup_then_decay
-from r1lab.rollout import (OnlineRLConfig, add_stats, draw_rollout, finish_step, rollout_metrics, step_seeds,
-                           training_pool, warn_if_truncated)
+from r1lab.rollout import (OnlineRLConfig, add_stats, draw_rollout, finish_step, rollout_metrics,
+                           start_online_rl, step_seeds, warn_if_truncated)
 from r1lab.stage import Stage, StageOutput
 from r1lab.value_model import HEAD_FILE, init_value_model
 
@@ -106,15 +105,11 @@ def train(cfg: PPOConfig, stage: Stage) -> StageOutput:
                   else value_model_source(stage.outputs.model(cfg.value_init, default=stage.init, stage=stage.name)))
     value_model = init_value_model(value_from, dtype=stage.run.dtype, device=policy.device)
     policy.attach_reference(cfg.kl_coef > 0)  # the reference is always the stage's starting policy
-    policy.configure_optimizer(  # one AdamW and one schedule over policy and critic, separate learning rates
-        cfg.optimizer_settings([{"name": "value", "params": value_model.parameters(), "lr": cfg.value_lr}]),
-        warmup_then_decay(cfg.steps, cfg.warmup_steps, cfg.lr_schedule))
+    # one AdamW and one schedule over policy and critic, with their own learning rates
+    generator, prompt_task, pool = start_online_rl(
+        stage, cfg, policy, [{"name": "value", "params": value_model.parameters(), "lr": cfg.value_lr}])
     kl_coef = policy.resume_extra.get("kl_coef", cfg.kl_coef)
-    generator = stage.generator(policy)
-    prompt_task, pad_id, seed = stage.prompt_task(cfg.task), policy.tokenizer.pad_token_id, stage.run.seed
-    pool = training_pool(prompt_task, cfg, seed)
-    if policy.resume_step == 0 and cfg.eval_every:
-        stage.quick_eval(generator, step=0)
+    pad_id, seed = policy.tokenizer.pad_token_id, stage.run.seed
 
     for step in range(policy.resume_step, cfg.steps):
         started = time.time()

@@ -17,8 +17,7 @@ import random
 from dataclasses import dataclass
 
 from r1lab.config import doc
-from r1lab.engine import SamplingParams
-from r1lab.generation import sample_and_score
+from r1lab.generation import DataSamplingConfig, sample_and_score
 from r1lab.rewards import extract_answer
 from r1lab.tasks import verify
 from r1lab.stage import Stage, StageOutput
@@ -26,19 +25,15 @@ from r1lab.tasks.domain import DomainTask, corrupted_answer
 
 
 @dataclass
-class PreferencePairsConfig:
+class PreferencePairsConfig(DataSamplingConfig):
     kind: str = doc("preference_pairs", "Stage kind: write preference pairs (sampled correct vs incorrect, and "
                                         "synthetic domain pairs).")
-    init: str = doc("", "Checkpoint to sample from: an earlier stage's name, a path or hub id (empty: previous).")
     num_prompts: int = doc(256, "Training prompts to sample for (0: no sampled pairs).")
-    samples_per_prompt: int = doc(4, "Completions per prompt.")
-    pairs_per_prompt: int = doc(1, "Pairs at most per prompt (each completion in one pair at most).")
     temperature: float = doc(1.0, "Sampling temperature (1.0 gives both correct and incorrect samples).")
     top_p: float = doc(1.0, "Nucleus sampling.")
-    max_new_tokens: int = doc(64, "Longest completion.")
+    pairs_per_prompt: int = doc(1, "Pairs at most per prompt (each completion in one pair at most).")
     domain_pairs: int = doc(0, "Synthetic pairs on non-reasoning domain prompts (reference vs a wrong answer).")
     output: str = doc("pairs.jsonl", "File name of the pairs inside the stage folder.")
-    eval: bool = doc(False, "The output is a data file, not a model: nothing to evaluate.")
 
     def __post_init__(self):
         if min(self.num_prompts, self.domain_pairs) < 0 or self.samples_per_prompt < 2 or self.pairs_per_prompt < 1:
@@ -81,9 +76,8 @@ def run_stage(cfg: PreferencePairsConfig, stage: Stage) -> StageOutput:
     if cfg.num_prompts:
         policy = stage.load_policy(trainable=False)
         examples = stage.task.examples("train", cfg.num_prompts, seed=stage.run.seed)
-        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                                seed=stage.run.seed)
-        samples = sample_and_score(stage.generator(policy), stage.template, examples, cfg.samples_per_prompt, params)
+        samples = sample_and_score(stage.generator(policy), stage.template, examples, cfg.samples_per_prompt,
+                                   cfg.sampling(stage.run.seed))
         pairs += pairs_from_samples(examples, samples.groups(samples.responses), cfg.pairs_per_prompt,
                                     {"checkpoint": str(stage.init), "stage": stage.name})
         stats.update({"prompts": len(examples), "sampled": len(examples) * cfg.samples_per_prompt,

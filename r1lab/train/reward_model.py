@@ -37,26 +37,21 @@ from r1lab.models import load_tokenizer
 from r1lab.policy import Policy
 from r1lab.rewards.reward_model import save_reward_model, sequence_scores
 from r1lab.stage import Stage, StageOutput
-from r1lab.supervised import FixedDataConfig, configure_optimizer, schedule_steps, split_and_encode, train_steps
+from r1lab.supervised import PairDataConfig, configure_optimizer, schedule_steps, split_and_encode, train_steps
 from r1lab.value_model import ValueModel, init_value_model, load_value_model
 
 
 @dataclass
-class RewardModelConfig(FixedDataConfig):
+class RewardModelConfig(PairDataConfig):
     kind: str = doc("reward_model", "Stage kind: train a Bradley–Terry reward model on preference pairs.")
     init: str = doc("", "Backbone to start from: an earlier stage's name, a path or hub id (empty: previous stage); "
                         "the policy passes through the stage unchanged.")
-    data: str = doc("", "JSONL of {prompt, chosen, rejected} rows, or the name of an earlier stage that wrote one.")
     epochs: int = doc(1, "Passes over the training pairs (InstructGPT: 1; more overfits).")
-    batch_size: int = doc(32, "Pairs per optimizer step.")
-    micro_batch_size: int = doc(8, "Pairs per forward/backward (two sequences each); gradients accumulate (0: all).")
     lr: float = doc(1e-5, "Peak learning rate (AdamW) of backbone and head (InstructGPT RM: 9e-6).")
     eval: bool = doc(False, "Run the task evaluation after the stage (of the policy, which this stage leaves as is).")
 
     def __post_init__(self):
         self.check()
-        if self.micro_batch_size < 0:
-            raise ValueError("micro_batch_size must be at least 0")
 
 
 # --- scores -----------------------------------------------------------------------------------------------------
