@@ -91,7 +91,7 @@ def resolve_base(base: str) -> str:
     if summary.is_file():
         for entry in json.loads(summary.read_text())["stages"]:
             if entry["kind"] == "pretrain":
-                return entry["checkpoint"]
+                return entry.get("model") or entry["checkpoint"]  # "checkpoint": runs written before the split
         raise SystemExit(f"{summary} has no pretrain stage; pass the checkpoint folder itself as --base")
     if not (Path(base) / "config.json").is_file():
         raise SystemExit(f"--base {base}: neither a checkpoint (config.json) nor a run folder (summary.json)")

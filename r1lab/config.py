@@ -43,11 +43,13 @@ def field_docs(cls: type) -> dict[str, str]:
 # field listings for ``r1lab run --help-config``
 
 
-def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+def describe_fields(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str, str]]:
     """``(key, type, default, doc)`` for every field of config dataclass ``cls``, nested ones as dotted keys.
 
-    A nested config (``lora: LoraConfig``) gets a row of its own, type "section", then its fields (``lora.r``, ...).
-    Defaults are written as JSON, which is also YAML, so they read as a recipe or an override would spell them.
+    A nested config (``lora: LoraConfig``) gets a row of its own, type "section", then its fields (``lora.r``, ...),
+    whose defaults are those of the enclosing field's default (a stage's ``task`` defaults to an empty name, not to
+    the run's task). Defaults are written as JSON, which is also YAML, so they read as a recipe or an override would
+    spell them. ``defaults``: an instance whose values are the defaults (nested sections).
     """
     hints = typing.get_type_hints(cls)
     rows = []
@@ -55,11 +57,14 @@ def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, st
         if not f.init:
             continue
         key, hint, text = prefix + f.name, hints[f.name], f.metadata.get("doc", "")
+        value = getattr(defaults, f.name) if defaults is not None else _default_value(f)
         if dataclasses.is_dataclass(hint):
             rows.append((key, "section", "", text))
-            rows.extend(describe_fields(hint, prefix=key + "."))
+            rows.extend(describe_fields(hint, prefix=key + ".", defaults=value))
         else:
-            rows.append((key, type_text(hint), _default_text(f), text))
+            text_default = "(required)" if value is dataclasses.MISSING else json.dumps(
+                to_dict(value), ensure_ascii=False, default=str)
+            rows.append((key, type_text(hint), text_default, text))
     return rows
 
 
@@ -78,14 +83,12 @@ def type_text(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint).replace("typing.", ""))
 
 
-def _default_text(f: dataclasses.Field) -> str:
+def _default_value(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
-        value = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        value = f.default_factory()
-    else:
-        return "(required)"
-    return json.dumps(to_dict(value), ensure_ascii=False, default=str)
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def render_fields(rows: list[tuple[str, str, str, str]], *, indent: str = "  ") -> str:

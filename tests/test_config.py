@@ -164,3 +164,12 @@ def test_stage_init_resolution(tmp_path):
         outputs.model("rs", default="previous", stage="sft")  # a data set is not a model
     with pytest.raises(ConfigError, match="is a file, not a model folder"):
         outputs.model(str(data), default="previous", stage="sft")
+
+
+def test_nested_defaults_come_from_the_enclosing_fields_default():
+    """A stage's task override defaults to an empty name (the run's task), not to TaskConfig's own default."""
+    from r1lab.train.grpo import GRPOConfig
+
+    rows = {key: default for key, _, default, _ in describe_fields(GRPOConfig)}
+    assert rows["task.name"] == '""' and rows["adam_betas"] == "[0.9, 0.99]"
+    assert {key: default for key, _, default, _ in describe_fields(RunConfig)}["task.name"] == '"arithmetic"'
