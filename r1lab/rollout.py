@@ -16,9 +16,9 @@ from r1lab.config import doc
 from r1lab.engine import Generation, SamplingParams
 from r1lab.generation import Generator, sample_and_score
 from r1lab.logprobs import Batch, make_batch
-from r1lab.rewards import ScoreResult
 from r1lab.models import peak_memory
 from r1lab.policy import OptimizerSettings, Policy, warmup_then_decay
+from r1lab.rewards import ScoreResult
 from r1lab.stage import Stage
 from r1lab.tasks import TaskConfig, task_metrics
 
