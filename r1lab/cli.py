@@ -11,13 +11,14 @@ from pathlib import Path
 
 import yaml
 
+from r1lab.checkpoint import DiskFullError
 from r1lab.config import ConfigError, describe_fields, render_fields
 from r1lab.evaluate import evaluate_model
 from r1lab.generation import Generator
 from r1lab.models import load_model, resolve_device
 from r1lab.pipeline import STAGE_KINDS, run_recipe
 from r1lab.recipe import RunConfig
-from r1lab.report import write_combined_report, write_report
+from r1lab.report import check_run_folder, summary_problem, write_combined_report, write_report
 from r1lab.side_by_side import run_side_by_side
 from r1lab.tasks import get_task
 from r1lab.templates import PromptTemplate, TemplateConfig
@@ -72,7 +73,27 @@ def cmd_run(args) -> int:
     return 0
 
 
+def check_writable_file(path: Path, option: str) -> None:
+    """A ``ConfigError`` when ``path`` cannot be written (a folder, under a file, no permission), found before
+    anything slow runs; creates the missing parent folders, as the writer would."""
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; give a file name, e.g. {path / 'samples.jsonl'}")
+    blocking = next((parent for parent in path.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(f"{option} {path}: cannot write there, {blocking} is a file, not a folder")
+    probe = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # the temporary file atomic_write_text writes first
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"{option} {path}: cannot write in {path.parent} ({error.strerror}); choose a writable "
+                          f"path") from None
+
+
 def cmd_eval(args) -> int:
+    if args.samples:  # before the model loads and the evaluation runs, not after
+        check_writable_file(Path(args.samples), "--samples")
     options = {}
     for item in args.task_option:
         key, _, value = item.partition("=")
@@ -89,17 +110,20 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
+    """Render the report; rc 2 for a folder that is no run (nothing written), rc 1 when a run's summary.json is
+    corrupted (the report is written without its evaluation table, and the message says how to rewrite it)."""
     run_dirs = [Path(run) for run in args.runs]
-    missing = [str(run_dir) for run_dir in run_dirs if not run_dir.is_dir()]
-    if missing:
-        print(f"r1lab report: no run folder at {', '.join(missing)}", file=sys.stderr)
-        return 2
+    for run_dir in run_dirs:
+        check_run_folder(run_dir)
     if len(run_dirs) == 1 and not args.out:
         print(write_report(run_dirs[0]))
     else:
         default_out = run_dirs[0].parent / "-".join(run_dir.name for run_dir in run_dirs)
         print(write_combined_report(run_dirs, args.out or default_out))
-    return 0
+    problems = [problem for problem in map(summary_problem, run_dirs) if problem]
+    for problem in problems:
+        print(f"r1lab report: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"r1lab: error: {err}", file=sys.stderr)
         return 2
+    except DiskFullError as err:  # the message says where, how much is free and that the last checkpoint is intact
+        print(f"r1lab: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("r1lab: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -21,6 +21,99 @@ class ConfigError(ValueError):
     """A recipe or override that cannot be read; the message names the file, key and problem."""
 
 
+@dataclass
+class Problem:
+    """One setting that cannot be used: its dotted key (relative to the config that found it, until the config
+    reader prefixes where that config sits), its value and what is allowed. ``text`` replaces the usual
+    "key = value: allowed" where the problem is not one value (an unknown key, a field left out)."""
+
+    key: str
+    value: Any
+    allowed: str
+    text: str = ""
+
+    def at(self, where: str) -> "Problem":
+        """The same problem, its key seen from ``where`` (``top_p`` in ``stages.grpo`` -> ``stages.grpo.top_p``)."""
+        return dataclasses.replace(self, key=_join(where, self.key) if self.key else where)
+
+    def describe(self) -> str:
+        return self.text or f"{self.key} = {show_value(self.value)}: {self.allowed}"
+
+
+class ConfigProblems(ConfigError):
+    """Every problem found in a recipe or a config, reported together. With a ``source`` (the recipe file) each line
+    also says where its value came from: the file, or the command line for a ``key=value`` override (``overrides``:
+    overridden key -> the override as typed, from ``override_keys``)."""
+
+    def __init__(self, problems: list[Problem], *, source: str = "", overrides: dict[str, str] | None = None):
+        self.problems = list(problems)
+        self.source = source
+        self.overrides = dict(overrides or {})
+        super().__init__(self.render())
+
+    def origin(self, key: str) -> str:
+        """Where the value of ``key`` came from: "command line: <override>" or the recipe file."""
+        for overridden, item in self.overrides.items():
+            if key == overridden or key.startswith(overridden + ".") or key.startswith(overridden + "["):
+                return f"command line: {item}"
+        return self.source
+
+    def render(self) -> str:
+        if not self.source:  # a config built in code: there is no file to name
+            return "; ".join(problem.describe() for problem in self.problems)
+        count = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
+        lines = [f"  {problem.describe()}  [{self.origin(problem.key)}]" for problem in self.problems]
+        return f"{self.source}: {count}; nothing has run:\n" + "\n".join(lines)
+
+
+def show_value(value: Any) -> str:
+    """A value as a recipe spells it: strings quoted, the rest as YAML/JSON writes them (true, null, [0.9, 1.2])."""
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def raise_problems(problems: list[Problem]) -> None:
+    """The end of a config's ``__post_init__``: every problem it found, in one ``ConfigProblems``."""
+    if problems:
+        raise ConfigProblems(problems)
+
+
+# --- the checks configs share (each returns the problems of the fields named) -------------------------------------
+
+
+def at_least(config: Any, minimum: float, *names: str, why: str = "") -> list[Problem]:
+    """Fields of ``config`` that must be >= ``minimum``."""
+    return [Problem(name, getattr(config, name), f"must be at least {minimum}{why}") for name in names
+            if getattr(config, name) < minimum]
+
+
+def positive(config: Any, *names: str, why: str = "") -> list[Problem]:
+    """Fields of ``config`` that must be > 0."""
+    return [Problem(name, getattr(config, name), f"must be > 0{why}") for name in names
+            if not getattr(config, name) > 0]
+
+
+def within(config: Any, name: str, low: float, high: float, *, open_low: bool = False, open_high: bool = False,
+           why: str = "") -> list[Problem]:
+    """A field that must lie between ``low`` and ``high`` (an open end excludes that bound)."""
+    value = getattr(config, name)
+    fits = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+    interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    return [] if fits else [Problem(name, value, f"must be in {interval}{why}")]
+
+
+def adam_betas_problems(config: Any) -> list[Problem]:
+    """AdamW's (β1, β2): two numbers in [0, 1)."""
+    betas = config.adam_betas
+    if len(betas) == 2 and all(0 <= beta < 1 for beta in betas):
+        return []
+    return [Problem("adam_betas", betas, "must be two numbers in [0, 1) (AdamW's β1, β2)")]
+
+
 def doc(default: Any, text: str) -> Any:
     """A dataclass field with a default and the one-line doc every config field must have."""
     if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
@@ -107,93 +200,139 @@ def render_fields(rows: list[tuple[str, str, str, str]], *, indent: str = "  ") 
 # dict -> dataclass with type checks
 
 
-def from_dict(cls: type, data: Any, *, where: str = "config", source: str = "<recipe>") -> Any:
-    """Build dataclass ``cls`` from a mapping, checking keys and types; ``where`` is the dotted path for messages."""
+def from_dict(cls: type, data: Any, *, where: str = "config", source: str = "<recipe>",
+              overrides: dict[str, str] | None = None) -> Any:
+    """Build dataclass ``cls`` from a mapping, checking keys, types and the config's own ``__post_init__`` checks;
+    every problem is reported at once in a ``ConfigProblems``. ``where``: the dotted path of the mapping, for
+    messages; ``overrides``: see ``ConfigProblems``."""
+    config, problems = collect_config(cls, data, where=where)
+    if problems:
+        raise ConfigProblems(problems, source=source, overrides=overrides)
+    return config
+
+
+def collect_config(cls: type, data: Any, *, where: str = "") -> tuple[Any, list[Problem]]:
+    """``(config, problems)``: dataclass ``cls`` built from ``data`` and every problem found on the way (keys as
+    dotted paths below ``where``). A field with a bad value is left at its default so that the config's own checks
+    still look at all the others. With problems, ``config`` is built without its own checks (good enough for the
+    checks across stages to read its other fields), or None when it cannot be built at all."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{where}' must be a mapping, got {type(data).__name__}: {data!r}")
+        return None, [Problem(where, data, "must be a mapping")]
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in data if k not in known]
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key '{_join(where, unknown[0])}'. Known keys in '{where}': {', '.join(sorted(known))}"
-        )
-    kwargs = {}
+    problems = [Problem(_join(where, key), value, "", text=f"unknown key '{_join(where, key)}'; known keys in "
+                        f"'{where or 'the top level'}': {', '.join(sorted(known))}")
+                for key, value in data.items() if key not in known]
+    kwargs, bad = {}, set()
     for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, where=_join(where, name), source=source)
+        if name not in known:
+            continue
+        value, found = _coerce(hints[name], value, where=_join(where, name))
+        if found:
+            problems += found
+            bad.add(name)
+        else:
+            kwargs[name] = value
     try:
-        return cls(**kwargs)
+        config = cls(**kwargs)
+    except ConfigProblems as err:  # the config's own checks; those about a field already reported are left out
+        problems += [p.at(where) for p in err.problems if p.key.split(".")[0] not in bad]
+        config = _unchecked(cls, kwargs)
     except TypeError as err:  # a required field is missing
-        raise ConfigError(f"{source}: in '{where}': {err}") from None
-    except ValueError as err:  # __post_init__ validation
-        raise ConfigError(f"{source}: in '{where}': {err}") from None
+        problems.append(Problem(where, None, "", text=f"in '{where}': {err}"))
+        config = None
+    except ValueError as err:  # a __post_init__ check that raises on its own
+        problems.append(Problem(where, None, "", text=f"in '{where}': {err}"))
+        config = _unchecked(cls, kwargs)
+    return config, problems
+
+
+def _unchecked(cls: type, kwargs: dict) -> Any:
+    """``cls(**kwargs)`` without its ``__post_init__`` checks (None when a field has no value)."""
+    config = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        value = kwargs.get(f.name, _default_value(f))
+        if value is dataclasses.MISSING:
+            return None
+        object.__setattr__(config, f.name, value)
+    return config
 
 
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _coerce(hint: Any, value: Any, *, where: str, source: str) -> Any:
+def _coerce(hint: Any, value: Any, *, where: str) -> tuple[Any, list[Problem]]:
+    """``(value converted to hint, problems)``; on a problem the value is None."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
-        return value
+        return value, []
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
-            return None
-        errors = []
+            return None, []
+        tried = []
         for arg in args:
             if arg is type(None):
                 continue
-            try:
-                return _coerce(arg, value, where=where, source=source)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise errors[0] if len(errors) == 1 else ConfigError(f"{source}: '{where}': {value!r} matches none of {hint}")
+            converted, found = _coerce(arg, value, where=where)
+            if not found:
+                return converted, []
+            tried.append(found)
+        if len(tried) == 1:
+            return None, tried[0]
+        return None, [Problem(where, value, f"must be {type_text(hint)}")]
     if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{source}: '{where}' must be one of {list(args)}, got {value!r}")
-        return value
+        return (value, []) if value in args else (None, [Problem(where, value, f"must be one of {list(args)}")])
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where=where, source=source)
+        return collect_config(hint, value, where=where)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: '{where}' must be a mapping, got {value!r}")
-        key_type, value_type = args if args else (Any, Any)
-        return {k: _coerce(value_type, v, where=f"{where}.{k}", source=source) for k, v in value.items()}
+            return None, [Problem(where, value, "must be a mapping")]
+        _, value_type = args if args else (Any, Any)
+        converted, problems = {}, []
+        for key, item in value.items():
+            converted[key], found = _coerce(value_type, item, where=f"{where}.{key}")
+            problems += found
+        return (converted if not problems else None), problems
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{source}: '{where}' must be a list, got {value!r}")
+            return None, [Problem(where, value, "must be a list")]
         (item_type,) = args if args else (Any,)
-        return [_coerce(item_type, v, where=f"{where}[{i}]", source=source) for i, v in enumerate(value)]
+        converted, problems = [], []
+        for i, item in enumerate(value):
+            item, found = _coerce(item_type, item, where=f"{where}[{i}]")
+            converted.append(item)
+            problems += found
+        return (converted if not problems else None), problems
     if hint is bool:
         if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{source}: '{where}' must be true or false, got {value!r}")
+            return value, []
+        return None, [Problem(where, value, "must be true or false")]
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return value, []
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{source}: '{where}' must be an integer, got {value!r}")
+            return int(value), []
+        return None, [Problem(where, value, "must be an integer")]
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return float(value), []
         if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
             try:
-                return float(value)
+                return float(value), []
             except ValueError:
                 pass
-        raise ConfigError(f"{source}: '{where}' must be a number, got {value!r}")
+        return None, [Problem(where, value, "must be a number")]
     if hint is str:
         if isinstance(value, str):
-            return value
+            return value, []
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{source}: '{where}' must be a string, got {value!r}")
-    return value
+            return str(value), []
+        return None, [Problem(where, value, "must be a string")]
+    return value, []
 
 
 def to_dict(config: Any) -> Any:
@@ -222,6 +361,12 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping at the top level")
     return data
+
+
+def override_keys(overrides: list[str]) -> dict[str, str]:
+    """Dotted key -> the override as typed, for every ``key=value`` override (a later one of a key wins), so that a
+    problem can say its value came from the command line."""
+    return {item.split("=", 1)[0].strip(): item for item in overrides if "=" in item}
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -153,6 +153,17 @@ def language_summary(shares: list[float | None]) -> dict:
             "language_mixed_rate": round(fmean(share < 1.0 for share in counted), 4)}
 
 
+def reference_fields(example: dict) -> dict:
+    """The reference answer a sample line shows: ``{"reference": answer}``, or for a problem without one (a
+    reasoning-gym dataset such as propositional_logic, with many right answers) ``reference: null`` and a note
+    saying who judged the answer, never an invented "None"."""
+    if example.get("answer") is not None:
+        return {"reference": example["answer"]}
+    verifier = example.get("verifier", "?")
+    judge = "reasoning-gym's own scorer" if verifier == "reasoning_gym" else f"the {verifier!r} verifier"
+    return {"reference": None, "reference_note": f"no single reference answer: scored by {judge}"}
+
+
 # --- running a model ---
 # Everything below runs a model: sampling k completions per held-out problem and grading them.
 
@@ -162,7 +173,8 @@ def evaluate_model(generator, task, template, *, num_problems: int, k: int, temp
     """pass@1 over k samples, cons@k, unbiased pass@k, format rate, lengths, language consistency and the task's
     own metrics (``r1lab.tasks.task_metrics``) on ``num_problems`` held-out problems.
 
-    ``samples_path``: where to write a JSONL line per sample (prompt, completion, answer, correct).
+    ``samples_path``: where to write a JSONL line per sample (prompt, completion, reference, answer, correct; a
+    problem without a reference gets ``reference: null`` and a ``reference_note``, see ``reference_fields``).
     """
     examples = task.examples(split, num_problems, seed=seed)
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
@@ -177,7 +189,7 @@ def evaluate_model(generator, task, template, *, num_problems: int, k: int, temp
                         "language": language_consistency_reward(response, example)})
         if samples_path is not None:
             lines.append(json.dumps({"problem": problem, "prompt": example["prompt"], "completion": response,
-                                     "reference": example["answer"], "answer": answer, "correct": correct}))
+                                     **reference_fields(example), "answer": answer, "correct": correct}))
     if samples_path is not None:
         atomic_write_text(samples_path, "\n".join(lines) + "\n")
     summary = summarize_samples(records)

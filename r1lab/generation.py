@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from r1lab.config import doc
+from r1lab.config import Problem, at_least, doc, raise_problems, within
+from r1lab.encoding import context_length, warn_if_prompts_exceed_context
 from r1lab.engine import Generation, SamplingParams, make_engine
 from r1lab.rewards import ScoreResult, extract_answer, score_completions
 from r1lab.tasks import verify
@@ -54,6 +55,20 @@ class DataSamplingConfig:
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
                               seed=seed)
 
+    def check(self) -> None:
+        """Raise ``ConfigProblems`` with every problem of ``problems()`` (each data stage's ``__post_init__`` calls
+        it)."""
+        raise_problems(self.problems())
+
+    def problems(self) -> list[Problem]:
+        """The shared settings that cannot be used; a data stage's config adds its own."""
+        found = [*at_least(self, 0, "num_prompts"), *at_least(self, 1, "samples_per_prompt", "max_new_tokens"),
+                 *at_least(self, 0, "temperature", why=" (0: greedy)"), *within(self, "top_p", 0, 1, open_low=True)]
+        if not self.output or self.output in (".", "..") or "/" in self.output or "\\" in self.output:
+            found.append(Problem("output", self.output, "must be a plain file name: the data set is written inside "
+                                                        "the stage folder"))
+        return found
+
 
 @dataclass
 class Samples:
@@ -83,7 +98,11 @@ def sample_and_score(generator: Generator, template, examples: list[dict], n: in
     ``render``: prompt -> model input (default ``template.render``; few-shot prompting passes its own).
     """
     render = render or template.render
-    groups = generator.generate([render(example["prompt"]) for example in examples], n, params)
+    prompts = [render(example["prompt"]) for example in examples]
+    if isinstance(generator, Generator):  # tests pass scripted engines, which have no model
+        warn_if_prompts_exceed_context(generator.tokenizer, context_length(getattr(generator.engine, "model", None)),
+                                       prompts, params.max_new_tokens)
+    groups = generator.generate(prompts, n, params)
     generations = [g for group in groups for g in group]
     flat_examples = [example for example in examples for _ in range(n)]
     responses = [template.prefill + g.text for g in generations]
@@ -91,6 +110,6 @@ def sample_and_score(generator: Generator, template, examples: list[dict], n: in
     if rewards is not None:
         samples.scores = score_completions(responses, flat_examples, rewards, rewards_by_task)
     if verify_answers:
-        samples.answers = [extract_answer(response) for response in responses]
+        samples.answers = [extract_answer(response, example) for response, example in zip(responses, flat_examples)]
         samples.correct = [bool(verify(answer, example)) for answer, example in zip(samples.answers, flat_examples)]
     return samples

@@ -5,7 +5,11 @@ real-model path are the same code) with a character tokenizer built with the ``t
 the fixed parts of the R1-Zero template are single tokens, so the template costs two tokens instead of ~400 characters.
 
 Every policy is saved with ``save_weights`` (``save_model`` adds the tokenizer, atomically): plain Hugging Face weights,
-merged for a LoRA policy, with its adapter beside them.
+merged for a LoRA policy, with its adapter beside them. A full disk while saving is a ``DiskFullError`` naming the
+folder and the free space (``r1lab.checkpoint``).
+
+Inputs a user gets wrong are named before a library fails on them (README, "When something goes wrong"): a folder that
+holds no model (a run or stage folder, an empty folder) and, for the tiny model, characters outside its alphabet.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from r1lab.checkpoint import atomic_dir
+from r1lab.checkpoint import atomic_dir, disk_full_error, is_disk_full
+from r1lab.config import ConfigError
 
 log = logging.getLogger("r1lab")
 
@@ -36,6 +41,47 @@ R1_ZERO_SUFFIX = ". Assistant:"
 
 # Characters the tiny tokenizer knows: printable ASCII and newline (the synthetic tasks need no more).
 TINY_ALPHABET = [chr(c) for c in range(32, 127)] + ["\n"]
+
+
+class UnknownCharactersError(ConfigError):
+    """Text holds characters the tiny model's tokenizer has no token for; the message names them and the text."""
+
+
+class NotAModelError(ConfigError):
+    """A folder given as a model holds none (a run or stage folder, an empty folder); the message says which folder
+    to give instead."""
+
+
+def is_tiny_tokenizer(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "_r1lab_tiny", False))
+
+
+def known_characters(tokenizer) -> frozenset[str]:
+    """The single characters a tokenizer has tokens for (for the tiny one: ``TINY_ALPHABET``), cached on it."""
+    known = getattr(tokenizer, "_r1lab_known_characters", None)
+    if known is None:
+        known = frozenset(token for token in tokenizer.get_vocab() if len(token) == 1)
+        tokenizer._r1lab_known_characters = known
+    return known
+
+
+def _describe_characters(characters) -> str:
+    return ", ".join(f"{c!r} (U+{ord(c):04X})" for c in sorted(characters))
+
+
+def check_tiny_characters(tokenizer, text: str, what: str = "text") -> None:
+    """Raise ``UnknownCharactersError`` when ``text`` has characters the tiny tokenizer cannot encode (tokenizers
+    would fail with "WordLevel error: Missing [UNK] token"); nothing to check for any other tokenizer (real
+    tokenizers fall back to bytes). ``what`` says what the text is, e.g. "data.jsonl:3: the prompt"."""
+    if not is_tiny_tokenizer(tokenizer):
+        return
+    unknown = set(text) - known_characters(tokenizer)
+    if unknown:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise UnknownCharactersError(
+            f"{what} has characters the tiny model's tokenizer does not know: {_describe_characters(unknown)} "
+            f"(in {shown!r}). The tiny model only knows printable ASCII and newline: write the data in ASCII, or "
+            f"train a real model (set model: to a Hugging Face id)")
 
 
 def build_tiny_tokenizer(extra_words: list[str] | None = None):
@@ -98,11 +144,50 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# Files that make a folder a Hugging Face model (config.json) or at least a tokenizer.
+MODEL_FILE = "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# Files `r1lab run` writes in a run folder and in a stage folder.
+RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl")
+STAGE_FILES = ("done.json", "final", "checkpoint")
+
+
+def _model_folders_inside(folder: Path) -> list[str]:
+    """Model folders a run or stage folder holds: <stage>/final, final, checkpoint (first ones first)."""
+    candidates = [folder / "final", folder / "checkpoint", *sorted(folder.glob("*/final")),
+                  *sorted(folder.glob("*/checkpoint"))]
+    return [str(path) for path in candidates if (path / MODEL_FILE).is_file()]
+
+
+def not_a_model_message(folder: Path) -> str:
+    """Why ``folder`` (which has no config.json) is not a model, and which folder to give instead."""
+    inside = _model_folders_inside(folder)
+    instead = (f"give one of its models instead: {', '.join(inside[:4])}" if inside
+               else "give a model folder instead: <run>/<stage>/final (it holds config.json and the weights)")
+    if any((folder / name).exists() for name in RUN_FILES):
+        return f"{folder} is a run folder (it has {_first_present(folder, RUN_FILES)}), not a model; {instead}"
+    if any((folder / name).exists() for name in STAGE_FILES):
+        return f"{folder} is a stage folder (it has {_first_present(folder, STAGE_FILES)}), not a model; {instead}"
+    entries = sorted(path.name for path in folder.iterdir())
+    if not entries:
+        return f"{folder} is an empty folder, not a model; {instead}"
+    shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+    return f"{folder} has no {MODEL_FILE}, so it is not a Hugging Face model (it holds: {shown}); {instead}"
+
+
+def _first_present(folder: Path, names: tuple[str, ...]) -> str:
+    return next(name for name in names if (folder / name).exists())
+
+
 def load_tokenizer(name_or_path: str):
     """Load a tokenizer; the tiny tokenizer is forced to ``PreTrainedTokenizerFast`` (AutoTokenizer can pick a class
     that drops spaces for a character vocabulary; README, "Notes")."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    folder = Path(name_or_path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in (MODEL_FILE, *TOKENIZER_FILES)):
+        # transformers would guess a slow tokenizer and ask for sentencepiece
+        raise NotAModelError(not_a_model_message(folder))
     marker = Path(name_or_path) / "r1lab_tiny.json"
     if marker.is_file():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(name_or_path)
@@ -122,6 +207,8 @@ def load_model(name_or_path: str, *, dtype: str = "float32", device: str | torch
     path = Path(name_or_path)
     if not path.exists() and (name_or_path.startswith((".", "/")) or name_or_path.count("/") > 1):
         raise FileNotFoundError(f"model path not found: {name_or_path}")
+    if path.is_dir() and not (path / MODEL_FILE).is_file():
+        raise NotAModelError(not_a_model_message(path))
     tokenizer = load_tokenizer(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=resolve_dtype(dtype))
     if model.config.pad_token_id is None:
@@ -146,11 +233,17 @@ def is_lora_model(model) -> bool:
 
 def save_weights(model, folder: str | Path) -> None:
     """Write a policy's weights and config to ``folder`` in plain Hugging Face format (``AutoModelForCausalLM`` loads
-    it). A LoRA policy is written merged, with its adapter alone in ``folder/adapter`` to resume from."""
-    if is_lora_model(model):
-        save_merged(model, folder)
-    else:
-        model.save_pretrained(folder, safe_serialization=True)
+    it). A LoRA policy is written merged, with its adapter alone in ``folder/adapter`` to resume from. A full disk is
+    a ``DiskFullError`` naming ``folder`` and the free space."""
+    try:
+        if is_lora_model(model):
+            save_merged(model, folder)
+        else:
+            model.save_pretrained(folder, safe_serialization=True)
+    except Exception as error:  # safetensors' and torch's own words for a full disk, or ENOSPC
+        if is_disk_full(error):
+            raise disk_full_error(folder, error, action="save the weights to") from error
+        raise
 
 
 def write_tokenizer(tokenizer, folder: str | Path) -> None:

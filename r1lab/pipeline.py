@@ -1,9 +1,11 @@
 """Runs the stages of a recipe in order, each evaluated, resumable.
 
 A recipe is one YAML file: run-wide settings (model, task, template, evaluation) and an ordered mapping of stages.
-Each stage writes ``runs/<name>/<stage>/`` (its checkpoint in Hugging Face format, ``done.json`` when finished);
-a stage that is done is skipped when the run starts again, and an unfinished RL stage resumes from its last
-checkpoint. The run folder holds ``config.yaml``, ``metrics.jsonl``, ``samples.jsonl``, ``summary.json`` and the plots.
+Every setting is checked before any stage starts, all problems reported together (``load_recipe``). Each stage
+writes ``runs/<name>/<stage>/`` (its checkpoint in Hugging Face format, the settings it ran with in ``config.yaml``,
+``done.json`` when finished); a stage that is done is skipped when the run starts again, and an unfinished RL stage
+resumes from its last checkpoint. The run folder holds ``config.yaml``, ``metrics.jsonl``, ``samples.jsonl``,
+``summary.json`` and the plots; one process at a time runs in it (``r1lab.locks``, ``r1lab.run_record``).
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from r1lab.checkpoint import atomic_write_json, seed_everything
-from r1lab.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
+from r1lab.checkpoint import atomic_write_json, atomic_write_text, seed_everything
+from r1lab.config import (ConfigError, ConfigProblems, Problem, apply_overrides, collect_config, override_keys,
+                          read_yaml)
 from r1lab.console import Console
 from r1lab.evaluate import evaluate_model
 from r1lab.generation import Generator
+from r1lab.locks import run_folder_lock
 from r1lab.models import load_model, resolve_device
 from r1lab.recipe import EvalConfig, RunConfig  # noqa: F401  (RunConfig is the recipe's type; re-exported)
-from r1lab.report import write_report
-from r1lab.stage import RunOutputs, Stage, StageOutput, read_done, set_threads
+from r1lab.recipe_checks import check_recipe
+from r1lab.report import reward_error_totals, write_report
+from r1lab.run_record import (drop_log_lines, read_stage_record, record_differences, run_config_text, stage_record,
+                              write_stage_record)
+from r1lab.sandbox import SandboxUnavailable, sandbox_isolation
+from r1lab.stage import RunOutputs, Stage, StageOutput, checkpoint_step, read_done, set_threads
 from r1lab.tasks import get_task
 from r1lab.templates import PromptTemplate
 from r1lab.train import (check_gate, cold_start, dpo, grpo, ppo, preference_pairs, pretrain, rejection_sampling,
@@ -46,20 +52,34 @@ STAGE_KINDS: dict[str, type] = {kind: cls for kind, (cls, _) in STAGES.items()}
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RunConfig, dict[str, Any]]:
-    """Read a recipe, apply overrides, check every key; returns the run config and the typed stage configs."""
-    data = apply_overrides(read_yaml(path), list(overrides))
-    source = str(path)
-    run = from_dict(RunConfig, data, where="", source=source)
-    stages = {}
-    for name, raw in run.stages.items():
-        if not isinstance(raw, dict) or "kind" not in raw:
-            raise ConfigError(f"{source}: stage '{name}' needs a 'kind' ({', '.join(STAGE_KINDS)})")
-        if raw["kind"] not in STAGE_KINDS:
-            raise ConfigError(f"{source}: stage '{name}' has unknown kind '{raw['kind']}'; "
-                              f"choose one of {', '.join(STAGE_KINDS)}")
-        stages[name] = from_dict(STAGE_KINDS[raw["kind"]], raw, where=f"stages.{name}", source=source)
-    if not stages:
-        raise ConfigError(f"{source}: the recipe has no stages")
+    """Read a recipe, apply overrides and check every setting (each config's own checks, then those across stages,
+    ``r1lab.recipe_checks``); returns the run config and the typed stage configs. Every problem is reported at once,
+    in one ``ConfigProblems`` that names each key, value, what is allowed and where the value came from."""
+    overrides = list(overrides)
+    data = apply_overrides(read_yaml(path), overrides)
+    run, problems = collect_config(RunConfig, data, where="")
+    raw_stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    stages, kinds = {}, {}
+    for name, raw in raw_stages.items():
+        if not isinstance(raw, dict):
+            continue  # reported by RunConfig's reading: a stage must be a mapping
+        if "kind" not in raw or raw["kind"] not in STAGE_KINDS:
+            text = (f"stage '{name}' needs a 'kind'" if "kind" not in raw else
+                    f"stage '{name}' has unknown kind '{raw['kind']}'")
+            problems.append(Problem(f"stages.{name}.kind", raw.get("kind"), "",
+                                    text=f"{text}; choose one of {', '.join(STAGE_KINDS)}"))
+            continue
+        kinds[name] = raw["kind"]
+        cfg, found = collect_config(STAGE_KINDS[raw["kind"]], raw, where=f"stages.{name}")
+        problems += found
+        if cfg is not None:
+            stages[name] = cfg
+    if not raw_stages:
+        problems.append(Problem("stages", data.get("stages"), "", text="the recipe has no stages"))
+    if run is not None:
+        problems += check_recipe(run, stages, kinds)
+    if problems:
+        raise ConfigProblems(problems, source=str(path), overrides=override_keys(overrides))
     return run, stages
 
 
@@ -73,25 +93,35 @@ def evaluate_checkpoint(run: RunConfig, task, checkpoint: str, device, samples_p
 
 
 def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = False) -> Path:
-    """Run (or resume) every stage of a recipe; returns the run folder."""
+    """Run (or resume) every stage of a recipe; returns the run folder. Every setting is checked first; a second
+    process on the same run folder stops at once (``r1lab.locks.run_folder_lock``)."""
     run, stages = load_recipe(path, overrides)
     console = Console(quiet)
     set_threads(run.threads)
     seed_everything(run.seed)
     device = resolve_device(run.device)
     run_dir = Path(run.output_dir) / run.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = yaml.safe_dump(to_dict(run), sort_keys=False)
-    previous = run_dir / "config.yaml"
-    if previous.is_file() and previous.read_text() != resolved:
-        console.print(f"note: {previous} differs from this recipe; the stages already done are kept "
-                      f"(delete {run_dir} to start over)", style="yellow")
-    previous.write_text(resolved)
+    with run_folder_lock(run_dir):
+        return _run_stages(path, run, stages, console, device, run_dir)
+
+
+def _run_stages(path: str | Path, run: RunConfig, stages: dict[str, Any], console: Console, device,
+                run_dir: Path) -> Path:
+    """The body of ``run_recipe``, run while this process holds the run folder."""
+    # What each stage runs with, taken before the stages resolve their references (reward_model:<stage> -> folder).
+    records = {name: stage_record(run, name, cfg) for name, cfg in stages.items()}
+    _write_run_config(run, stages, records, run_dir, console)
     try:
         task = get_task(run.task.name, **run.task.options)
     except (TypeError, ValueError, FileNotFoundError) as err:
         raise ConfigError(f"{path}: task: {err}") from err
 
+    if _runs_model_written_code(run, stages):  # say which isolation the programs get, or stop before any stage
+        try:
+            console.print(f"model-written code runs in: {sandbox_isolation()}")
+        except SandboxUnavailable as err:
+            raise ConfigError(f"{path}: this recipe runs model-written code (the code verifier or reward), and "
+                              f"{err}") from err
     outputs = RunOutputs(run_dir, run.model)
     summary = {"run": run.name, "recipe": str(path), "stages": []}
     last_model = run.model  # a stage without init: starts from the last model an earlier stage produced
@@ -113,12 +143,15 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
         if init == "tiny" and cfg.kind != "pretrain":
             raise ConfigError(f"{path}: stage '{name}' starts from model 'tiny', which a pretrain stage must build "
                               f"first (add a stage with kind: pretrain, or set model: to a checkpoint)")
+        warnings = _start_record(run_dir, name, records[name], init)
         console.print(f"[{name}] {cfg.kind}", style="bold")
         set_threads(run.threads)
         started = time.time()
         seed_everything(run.seed)
         stage = Stage(name=name, run=run, task=task, init=init, outputs=outputs, folder=stage_dir, device=device,
                       console=console)
+        for warning in warnings:
+            stage.warn(warning)
         output: StageOutput = STAGES[cfg.kind][1](cfg, stage)
         last_model = output.model or last_model  # a data set is not a model: the next default init skips it
         evaluation = None
@@ -132,13 +165,17 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
             stage.log_metrics(getattr(cfg, "steps", 0), {f"final_eval/{k}": v for k, v in evaluation.items()
                                                           if isinstance(v, (int, float))})
         entry = {"stage": name, "kind": cfg.kind, "model": output.model, "data_file": output.data_file,
-                 "reward_model": output.reward_model, "eval": evaluation, "seconds": round(time.time() - started, 1)}
+                 "reward_model": output.reward_model, "eval": evaluation, "seconds": round(time.time() - started, 1),
+                 "config_sha256": read_stage_record(stage_dir)[1]}
         if (stage_dir / "stats.json").is_file():  # a data stage: the size of what it wrote goes in the summary
             entry["data"] = json.loads((stage_dir / "stats.json").read_text())
         if (stage_dir / "gate.json").is_file():
             entry["gate"] = json.loads((stage_dir / "gate.json").read_text())
         if stage.warnings:
             entry["warnings"] = stage.warnings[:20]
+        reward_errors = reward_error_totals(run_dir, name)
+        if reward_errors:  # failed reward calls, summed over the stage's steps (also in the report)
+            entry["reward_errors"] = reward_errors
         atomic_write_json(done_file, entry)
         summary["stages"].append(entry)
         atomic_write_json(run_dir / "summary.json", summary)
@@ -146,6 +183,57 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     report = write_report(run_dir)  # renders the plots too
     console.print(f"done: {run_dir}/summary.json, {report}, {run_dir}/training_curves.png", style="bold green")
     return run_dir
+
+
+def _write_run_config(run: RunConfig, stages: dict[str, Any], records: dict[str, dict], run_dir: Path,
+                      console: Console) -> None:
+    """The run's config.yaml (``r1lab.run_record.run_config_text``), and a note for every stage already done with
+    other settings than this recipe's: it is kept, and its own config.yaml says what it ran with."""
+    done_records, differing = {}, {}
+    for name in stages:
+        stage_dir = run_dir / name
+        if not (stage_dir / "done.json").is_file():
+            continue
+        recorded, sha = read_stage_record(stage_dir)
+        done_records[name] = recorded
+        if recorded is None:
+            continue
+        if read_done(stage_dir / "done.json").get("config_sha256") not in (None, sha):
+            console.print(f"[{name}] note: {stage_dir / 'config.yaml'} was changed after the stage ran (its sha256 "
+                          f"differs from the one in done.json)", style="yellow")
+        lines = record_differences(recorded, records[name])
+        if lines:
+            differing[name] = lines
+            console.print(f"[{name}] note: already done with other settings than this recipe's; kept, and its results "
+                          f"are those of the settings in {stage_dir / 'config.yaml'} (delete {stage_dir} to run it "
+                          f"again with this recipe's): " + "; ".join(lines), style="yellow")
+    atomic_write_text(run_dir / "config.yaml", run_config_text(run, stages, done_records, differing))
+
+
+def _start_record(run_dir: Path, name: str, record: dict, init: str) -> list[str]:
+    """What a stage does before it starts: drop the log lines its killed attempt wrote after the checkpoint it resumes
+    from, and write its config.yaml. Returns the warnings to give when it resumes with other settings."""
+    stage_dir = run_dir / name
+    resume_step = checkpoint_step(stage_dir / "checkpoint")
+    drop_log_lines(run_dir, name, resume_step if resume_step is not None else -1)
+    warnings = []
+    recorded, _ = read_stage_record(stage_dir)
+    if resume_step is not None and recorded is not None:
+        lines = record_differences(recorded, record)
+        if lines:
+            warnings.append(f"resuming from the step-{resume_step} checkpoint, made with other settings (its first "
+                            f"{resume_step} steps ran with them): " + "; ".join(lines))
+    write_stage_record(stage_dir, record, init)
+    return warnings
+
+
+def _runs_model_written_code(run: RunConfig, stages: dict[str, Any]) -> bool:
+    """Whether a stage scores with the code reward or a task checks answers with the code verifier."""
+    tasks = [run.task] + [cfg.task for cfg in stages.values() if getattr(cfg, "task", None) is not None]
+    specs = [spec for cfg in stages.values() for spec in getattr(cfg, "rewards", {})]
+    specs += [spec for cfg in stages.values() for weights in getattr(cfg, "rewards_by_task", {}).values()
+              for spec in weights]
+    return "code" in specs or any(task.options.get("verifier") == "code" for task in tasks)
 
 
 def _resolve_reward_models(cfg, outputs: RunOutputs) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 
-from r1lab.config import doc
+from r1lab.config import Problem, at_least, doc, raise_problems, within
 from r1lab.lora import LoraConfig
 from r1lab.tasks import TaskConfig
 from r1lab.templates import TemplateConfig
@@ -20,6 +22,20 @@ class EvalConfig:
     seed: int = doc(1234, "Seed of the evaluation sampler and problem draw.")
     quick_problems: int = doc(100, "Problems in the quick evaluations during training.")
     quick_k: int = doc(2, "Samples per problem in the quick evaluations during training.")
+
+    def __post_init__(self):
+        raise_problems(self.problems())
+
+    def problems(self) -> list[Problem]:
+        return [*at_least(self, 1, "num_problems", "k", "max_new_tokens", "quick_problems", "quick_k"),
+                *at_least(self, 0, "temperature", why=" (0: greedy)"), *within(self, "top_p", 0, 1, open_low=True)]
+
+
+# The names r1lab.models.resolve_dtype and r1lab.engine.make_engine accept (tests/test_recipe_checks.py holds them to
+# it), here so that a recipe is checked before torch is needed.
+DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+ENGINES = ("transformers", "hf")
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -39,3 +55,19 @@ class RunConfig:
     template: TemplateConfig = doc(TemplateConfig(), "How prompts are shown to the model.")
     eval: EvalConfig = doc(EvalConfig(), "Held-out evaluation after every stage (R1 protocol).")
     stages: dict[str, dict] = doc({}, "Ordered stages: name -> {kind: pretrain|grpo|ppo, ...settings of that kind}.")
+
+    def __post_init__(self):
+        raise_problems(self.problems())
+
+    def problems(self) -> list[Problem]:
+        found = at_least(self, 0, "threads", why=" (0: torch's default)")
+        if not self.name or self.name in (".", "..") or "/" in self.name or os.sep in self.name or "\\" in self.name:
+            found.append(Problem("name", self.name, "must be a plain folder name inside output_dir (no '/', no '..', "
+                                                    "not empty): the run writes <output_dir>/<name>/"))
+        if self.dtype not in DTYPES:
+            found.append(Problem("dtype", self.dtype, f"must be one of {', '.join(DTYPES)}"))
+        if not DEVICE.match(self.device):
+            found.append(Problem("device", self.device, "must be auto, cpu, cuda, cuda:N (N a GPU number) or mps"))
+        if self.engine not in ENGINES:
+            found.append(Problem("engine", self.engine, f"must be one of {', '.join(ENGINES)}"))
+        return found

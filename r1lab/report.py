@@ -2,7 +2,12 @@
 
 A run folder holds `metrics.jsonl` (one JSON object per logged step), `samples.jsonl`
 (logged completions) and `summary.json` (per-stage evaluation results). Any of them may
-be missing or still being written, so every reader here skips what it cannot parse.
+be missing or still being written, so every reader here skips what it cannot parse; a
+`summary.json` that is there but corrupted is said so (``summary_problem``), and a folder
+that is no run at all is refused (``check_run_folder``).
+
+Rewards that failed are reported per RL stage (``reward_error_totals``, from the
+`reward/<name>_errors` count each step logs), so a reward that silently scored 0 shows.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from r1lab.checkpoint import atomic_write_json
+from r1lab.config import ConfigError
+from r1lab.models import RUN_FILES, STAGE_FILES
 
 TRAINING_CURVES_FILE = "training_curves.png"
 DIAGNOSTICS_FILE = "training_diagnostics.png"
@@ -96,13 +103,64 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def read_summary(run_dir: str | Path) -> dict | None:
-    """summary.json, or None when it is missing or not valid JSON."""
+    """summary.json, or None when it is missing or not valid JSON (``summary_problem`` says which)."""
     path = Path(run_dir) / "summary.json"
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None
+
+
+def summary_problem(run_dir: str | Path) -> str | None:
+    """Why a run's summary.json that exists cannot be read (not UTF-8, not JSON, not an object), None when it is
+    missing (a run still in its first stage) or fine."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        what = f"cannot be read ({error.strerror})"
+    except UnicodeDecodeError:
+        what = "is corrupted (not UTF-8 text)"
+    except json.JSONDecodeError as error:
+        what = f"is corrupted (not valid JSON: {error.msg} at line {error.lineno} column {error.colno})"
+    else:
+        if isinstance(summary, dict):
+            return None
+        what = f"is corrupted (a JSON {type(summary).__name__}, not an object)"
+    return (f"{path} {what}, so the report has no evaluation table; running `r1lab run` on the recipe again rewrites "
+            f"it (the stages already done are skipped)")
+
+
+class NotARunError(ConfigError):
+    """A folder given as a run holds no run; the message says which folder to give instead."""
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """A folder `r1lab run` wrote: it has summary.json, config.yaml or metrics.jsonl."""
+    return any((Path(folder) / name).exists() for name in RUN_FILES)
+
+
+def check_run_folder(folder: str | Path) -> None:
+    """``NotARunError`` unless ``folder`` is a run folder, saying what it is (missing, a stage folder, a folder of
+    runs) and which folder to give instead."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotARunError(f"no run folder at {folder}")
+    if is_run_folder(folder):
+        return
+    expected = f"a run folder has {', '.join(RUN_FILES)}, which `r1lab run` writes"
+    if any((folder / name).exists() for name in STAGE_FILES) and is_run_folder(folder.parent):
+        raise NotARunError(f"{folder} is a stage folder of the run {folder.parent}, not a run; give the run: "
+                           f"r1lab report {folder.parent}")
+    runs = sorted(str(child) for child in folder.iterdir() if child.is_dir() and is_run_folder(child))
+    if runs:
+        shown = ", ".join(runs[:5]) + (", ..." if len(runs) > 5 else "")
+        raise NotARunError(f"{folder} is not a run but holds runs: {shown}; give one of them, or several for one "
+                           f"report over them")
+    raise NotARunError(f"{folder} is not a run folder ({expected}); give the folder of a run, e.g. runs/<name>")
 
 
 def stages_in_order(rows: list[dict]) -> list[str]:
@@ -405,6 +463,48 @@ def _summary_table_html(summary: dict) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+# --- reward errors ---
+
+
+def _reward_errors_by_step(rows: list[dict], stage: str) -> dict[str, dict[float, float]]:
+    """Per reward, {step: completions it failed on}; a step logged twice (a resumed run) counts once, last wins."""
+    by_reward: dict[str, dict[float, float]] = {}
+    for row in rows:
+        if row["stage"] != stage:
+            continue
+        for key, value in row.items():
+            if key.startswith("reward/") and key.endswith("_errors"):
+                by_reward.setdefault(key[len("reward/"):-len("_errors")], {})[row["step"]] = value
+    return by_reward
+
+
+def reward_error_totals(run_dir: str | Path, stage: str) -> dict[str, int]:
+    """Per reward of an RL stage, how many completions it failed on over the whole stage (from metrics.jsonl's
+    ``reward/<name>_errors``, a step logged twice by a resumed run counted once); {} for a stage without rewards.
+    The pipeline puts it in summary.json as the stage's ``reward_errors``."""
+    by_reward = _reward_errors_by_step(read_metrics(run_dir), stage)
+    return {name: int(sum(steps.values())) for name, steps in by_reward.items()}
+
+
+def _reward_errors_html(run_dir: Path) -> str:
+    """A table of every RL stage's reward failures (none: a line saying every reward scored every completion)."""
+    rows = read_metrics(run_dir)
+    lines = []
+    for stage in stages_in_order(rows):
+        for name, steps in _reward_errors_by_step(rows, stage).items():
+            failing = sum(1 for count in steps.values() if count > 0)
+            lines.append((stage, name, int(sum(steps.values())), failing, len(steps)))
+    if not lines:
+        return ""
+    if not any(total for _, _, total, _, _ in lines):
+        return "<p>Reward errors: none (every reward scored every completion).</p>"
+    head = "".join(f"<th>{h}</th>" for h in ("stage", "reward", "failed completions", "steps with failures", "steps"))
+    body = "".join(f"<tr><td>{html.escape(stage)}</td><td>{html.escape(name)}</td><td>{total}</td>"
+                   f"<td>{failing}</td><td>{steps}</td></tr>" for stage, name, total, failing, steps in lines)
+    return (f"<p><b>Reward errors</b> (a failure counts as 0 in the reward; the run's log has each reward's first "
+            f"traceback):</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
 # --- samples ---
 
 
@@ -480,6 +580,7 @@ img { max-width: 100%; }
 .sample { border: 1px solid #ddd; border-radius: 4px; padding: 0.5em 0.8em; margin: 0.8em 0; }
 .meta { font-size: 0.9em; color: #444; }
 .label { font-size: 0.8em; color: #777; margin-top: 0.4em; }
+.problem { color: #a00; font-weight: bold; }
 pre { white-space: pre-wrap; word-break: break-word; background: #f6f6f6; padding: 0.5em; margin: 0.2em 0; }
 """
 
@@ -526,10 +627,14 @@ def _page(title: str, body: str) -> str:
 def _run_sections(run_dir: Path, summary: dict | None, level: int) -> str:
     """A run's evaluation table, its plots (rendered now from its metrics) and its sample completions, with
     headings at ``level``; missing run files give a note in place of their section."""
-    if summary and summary.get("stages"):
+    problem = summary_problem(run_dir)
+    if problem:
+        table = f'<p class="problem">{html.escape(problem)}</p>'
+    elif summary and summary.get("stages"):
         table = _summary_table_html(summary) + _gates_html(summary)
     else:
         table = "<p>No summary yet.</p>"
+    table += _reward_errors_html(run_dir)
     plots = [
         (plot_training_curves(run_dir), "training reward, held-out accuracy and completion length"),
         (plot_extra_metrics(run_dir), "training diagnostics"),
@@ -569,7 +674,9 @@ def write_combined_report(run_dirs: list[str | Path], out_dir: str | Path) -> Pa
     for run_dir in map(Path, run_dirs):
         summary = read_summary(run_dir)
         name = str((summary or {}).get("run") or run_dir.name)
-        summaries.append(summary or {"run": name, "stages": [], "missing": str(run_dir / "summary.json")})
+        problem = summary_problem(run_dir)
+        summaries.append(summary or {"run": name, "stages": [], "missing": str(run_dir / "summary.json")}
+                         | ({"corrupted": problem} if problem else {}))
         contents.append(f'<li><a href="#run-{html.escape(name)}">{html.escape(name)}</a> '
                         f"({html.escape(str(run_dir))})</li>")
         body = (_run_sections(run_dir, summary, level=3) if run_dir.is_dir()

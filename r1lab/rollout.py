@@ -1,5 +1,10 @@
 """One rollout for online RL (shared by GRPO and PPO): prompts -> G completions each -> rewards -> token batch,
-and the metrics a user watches."""
+and the metrics a user watches.
+
+Rewards that fail are made visible here (``check_reward_errors``): a warning when a reward fails on more than half
+of a step's completions, and the run stops when one fails on every completion for ``REWARD_FAILURE_STOP_STEPS``
+steps in a row (a reward that never works trains nothing; README, "When something goes wrong").
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,14 @@ from typing import Literal
 import torch
 
 from r1lab.advantages import zero_spread_groups
-from r1lab.config import doc
+from r1lab.config import Problem, adam_betas_problems, at_least, doc, positive, raise_problems, within
 from r1lab.engine import Generation, SamplingParams
 from r1lab.generation import Generator, sample_and_score
 from r1lab.logprobs import Batch, make_batch
 from r1lab.models import peak_memory
 from r1lab.policy import OptimizerSettings, Policy, warmup_then_decay
 from r1lab.rewards import ScoreResult
+from r1lab.rewards.scoring import RewardFailedError
 from r1lab.stage import Stage
 from r1lab.tasks import TaskConfig, task_metrics
 
@@ -64,8 +70,18 @@ class OnlineRLConfig:
                                  max_grad_norm=self.max_grad_norm, extra_groups=list(extra_groups or []))
 
     def check(self) -> None:
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        """Raise ``ConfigProblems`` with every problem of ``problems()`` (each trainer's ``__post_init__`` calls it)."""
+        raise_problems(self.problems())
+
+    def problems(self) -> list[Problem]:
+        """The settings GRPO and PPO share that cannot be used; a trainer's config adds its own."""
+        return [*at_least(self, 1, "steps", "prompts_per_step", "max_new_tokens"),
+                *at_least(self, 0, "top_k", "warmup_steps", "weight_decay", "max_grad_norm", "eval_every",
+                          "save_every", "log_samples", "samples_every"),
+                # a group of identical greedy completions has no spread: zero advantage, nothing learnt
+                *positive(self, "temperature", why=" for RL rollouts: at 0 (greedy) every completion of a prompt is "
+                                                   "the same, so a group has no reward spread to learn from"),
+                *within(self, "top_p", 0, 1, open_low=True), *positive(self, "lr"), *adam_betas_problems(self)]
 
 
 @dataclass
@@ -114,7 +130,12 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
     batch.completion_mask = torch.cat(masks)
     per_reward = {k: [v for p in parts for v in p.scores.per_reward[k]] for k in parts[0].scores.per_reward}
     errors = {k: sum(p.scores.errors.get(k, 0) for p in parts) for k in parts[0].scores.errors}
-    scores = ScoreResult(total=[t for p in parts for t in p.scores.total], per_reward=per_reward, errors=errors)
+    scored = {k: sum(p.scores.scored.get(k, 0) for p in parts) for k in parts[0].scores.scored}
+    first_errors = {}
+    for p in parts:  # the earliest part's first error of each reward
+        first_errors = {**p.scores.first_errors, **first_errors}
+    scores = ScoreResult(total=[t for p in parts for t in p.scores.total], per_reward=per_reward, errors=errors,
+                         scored=scored, first_errors=first_errors)
     return Rollout([e for p in parts for e in p.examples], generations, [r for p in parts for r in p.responses],
                    scores, torch.cat([p.rewards for p in parts]), batch, parts[0].group_size)
 
@@ -124,9 +145,11 @@ def select_groups(rollout: Rollout, keep_groups: torch.Tensor) -> Rollout:
     g = rollout.group_size
     index = [i for i in range(len(rollout.generations)) if bool(keep_groups[i // g])]
     pick = lambda xs: [xs[i] for i in index]
+    # errors and scored stay those of the whole rollout: every completion was scored, kept or not
     scores = ScoreResult(total=pick(rollout.scores.total),
                          per_reward={k: pick(v) for k, v in rollout.scores.per_reward.items()},
-                         errors=dict(rollout.scores.errors))
+                         errors=dict(rollout.scores.errors), scored=dict(rollout.scores.scored),
+                         first_errors=dict(rollout.scores.first_errors))
     return Rollout(pick(rollout.examples), pick(rollout.generations), pick(rollout.responses), scores,
                    rollout.rewards[index], rollout.batch.select(torch.tensor(index)), g)
 
@@ -214,6 +237,45 @@ def warn_if_truncated(stage: Stage, cfg: OnlineRLConfig, step: int, metrics: dic
     if metrics["completion/truncated_frac"] > cfg.truncation_warning:
         stage.warn(f"step {step}: {metrics['completion/truncated_frac']:.0%} of completions hit max_new_tokens="
                    f"{cfg.max_new_tokens} and were cut off (they earn no accuracy reward); raise max_new_tokens")
+
+
+REWARD_FAILURE_STOP_STEPS = 3  # steps in a row on which a reward fails on every completion before the run stops
+
+# Per (stage folder, reward): (the last step checked, steps in a row failing on every completion, steps in a row
+# failing on more than half). A module-level record, as the check is one call per step, like warn_if_truncated.
+_reward_failure_streaks: dict[tuple[str, str], tuple[int, int, int]] = {}
+
+
+def check_reward_errors(stage: Stage, step: int, scores: ScoreResult, *,
+                        stop_after: int = REWARD_FAILURE_STOP_STEPS) -> None:
+    """Make failing rewards visible, once per RL step (``step``: the trainer's 0-based loop index, as for
+    ``warn_if_truncated``; messages say ``step + 1``, the step metrics.jsonl logs).
+
+    A reward that fails (``r1lab.rewards.score_completions``: raised, returned a non-number or NaN) on more than half
+    of the completions it scored warns through ``stage.warn``, naming the reward, the count and its first error, once
+    per stretch of such steps. One that fails on every completion for ``stop_after`` steps in a row stops the run
+    with ``RewardFailedError``: its total is 0 for every completion, so it only hides the other rewards' signal.
+    """
+    for spec, failures in scores.errors.items():
+        scored = scores.scored.get(spec, 0)
+        key = (str(stage.folder), spec)
+        last_step, all_failed, most_failed = _reward_failure_streaks.get(key, (-2, 0, 0))
+        if last_step != step - 1:  # a gap (a resumed run, another stage run): the streaks start again
+            all_failed = most_failed = 0
+        all_failed = all_failed + 1 if scored and failures == scored else 0
+        most_failed = most_failed + 1 if scored and failures * 2 > scored else 0
+        _reward_failure_streaks[key] = (step, all_failed, most_failed)
+        name = spec.rsplit(":", 1)[-1]
+        first_error = scores.first_errors.get(spec, "no error recorded")
+        if all_failed >= stop_after:
+            raise RewardFailedError(
+                f"stage '{stage.name}': reward {name!r} failed on every completion for {all_failed} steps in a row "
+                f"(steps {step + 2 - all_failed}-{step + 1}, {failures} of {scored} at the last); its first error: "
+                f"{first_error}. Fix the reward (its traceback was logged at its first failure) or take it out of "
+                f"rewards, then run the same command again to resume from the last checkpoint")
+        if most_failed == 1:
+            stage.warn(f"step {step + 1}: reward {name!r} failed on {failures} of {scored} completions (counted as 0); "
+                       f"first error: {first_error}")
 
 
 def finish_step(stage: Stage, cfg: OnlineRLConfig, policy: Policy, generator: Generator, step: int,

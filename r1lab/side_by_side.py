@@ -68,18 +68,31 @@ def _relay(child: _Child, lock: threading.Lock) -> None:
             sys.stderr.flush()
 
 
-def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int = 0, report_dir: str = "",
+def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int | None = None, report_dir: str = "",
                      quiet: bool = False, poll_seconds: float = 0.5) -> int:
-    """Run ``recipes`` (each with the same ``overrides``) as child processes, at most ``jobs`` at once (0: all),
-    then write one report over their runs. Returns 0 when every recipe finished, else 1 (the others still run to
-    their end; each failed one resumes when run again)."""
-    # Every recipe is read and checked before anything starts, so a typo in the second does not surface minutes in.
-    configs = [load_recipe(recipe, overrides)[0] for recipe in recipes]
+    """Run ``recipes`` (each with the same ``overrides``) as child processes, at most ``jobs`` at once (None or 0,
+    the command's default when --jobs is left out: all; below 0 is an error), then write one report over their runs.
+    Returns 0 when every recipe finished, else 1 (the others still run to their end; each failed one resumes when run
+    again). Each child holds its run folder (``r1lab.locks``); children that need the same tiny base model build it
+    once (the first builds, the others wait and reuse it)."""
+    # Every recipe is read and checked before anything starts, so a typo in the second does not surface minutes in;
+    # the problems of all of them are reported together.
+    if jobs is not None and jobs < 0:
+        raise ConfigError(f"--jobs = {jobs} (command line): must be at least 1, the number of recipes run at once "
+                          f"(or left out: all {len(recipes)} at once)")
+    configs, errors = [], []
+    for recipe in recipes:
+        try:
+            configs.append(load_recipe(recipe, overrides)[0])
+        except ConfigError as err:
+            errors.append(str(err))
+    if errors:
+        raise ConfigError("\n".join(errors))
     run_dirs = [Path(run.output_dir) / run.name for run in configs]
     if len(set(run_dirs)) < len(run_dirs):
         raise ConfigError("two recipes write the same run folder (" + ", ".join(map(str, run_dirs)) + "); "
                           "give them different names")
-    jobs = len(recipes) if jobs <= 0 else jobs
+    jobs = jobs or len(recipes)  # None or 0: --jobs left out
     fixed_threads = any(item.split("=", 1)[0].strip() == "threads" for item in overrides)
     cores = available_cores()
     report_dir = report_dir or str(Path(configs[0].output_dir) / "-".join(run.name for run in configs))

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from r1lab.checkpoint import atomic_write_json
+from r1lab.checkpoint import atomic_write_json, recover_dir
 from r1lab.config import ConfigError
 from r1lab.console import Console
 from r1lab.data.filters import write_jsonl
@@ -110,6 +110,20 @@ def read_done(path: Path) -> dict:
         if entry.get("kind") == "reward_model":
             entry["reward_model"] = str(Path(path).parent / "final")
     return entry
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step of the resumable checkpoint in ``folder`` (a stage's ``checkpoint``), None when there is none. Its
+    tensors are memory-mapped, not read, so this costs little even for a large model's optimizer state."""
+    recover_dir(folder)  # as loading it would: a kill between two renames leaves the previous checkpoint aside
+    path = Path(folder) / "trainer_state.pt"
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # a file in torch's legacy format cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    return int(state["step"])
 
 
 def set_threads(run_threads: int) -> None:

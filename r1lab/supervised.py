@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from r1lab.config import doc
+from r1lab.config import Problem, adam_betas_problems, at_least, doc, positive, raise_problems, within
 from r1lab.data.jsonl import DataFileError, split_held_out
 from r1lab.encoding import drop_too_long
 from r1lab.models import peak_memory
@@ -47,12 +47,15 @@ class FixedDataConfig:
     eval: bool = doc(True, "Evaluate the final policy on the task's held-out problems.")
 
     def check(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        """Raise ``ConfigProblems`` with every problem of ``problems()`` (each trainer's ``__post_init__`` calls it)."""
+        raise_problems(self.problems())
+
+    def problems(self) -> list[Problem]:
+        """The shared settings that cannot be used; a trainer's config adds its own."""
+        return [*at_least(self, 1, "epochs", "batch_size", "max_length"),
+                *at_least(self, 0, "max_steps", "weight_decay", "max_grad_norm", "eval_every", "save_every"),
+                *positive(self, "lr"), *within(self, "min_lr_ratio", 0, 1), *within(self, "warmup_ratio", 0, 1),
+                *within(self, "eval_fraction", 0, 1, open_high=True), *adam_betas_problems(self)]
 
 
 @dataclass
@@ -63,10 +66,8 @@ class PairDataConfig(FixedDataConfig):
     batch_size: int = doc(32, "Pairs per optimizer step.")
     micro_batch_size: int = doc(8, "Pairs per forward/backward (two sequences each); gradients accumulate (0: all).")
 
-    def check(self) -> None:
-        super().check()
-        if self.micro_batch_size < 0:
-            raise ValueError("micro_batch_size must be at least 0")
+    def problems(self) -> list[Problem]:
+        return [*super().problems(), *at_least(self, 0, "micro_batch_size", why=" (0: all pairs at once)")]
 
 
 # --- data: split, encode, order ----------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Prompt templates: the R1-Zero template for base models, the tokenizer's chat template for instruct models."""
+"""Prompt templates: the R1-Zero template for base models, the tokenizer's chat template for instruct models.
+
+Rendering is the one step every prompt takes before generation, so it is where a prompt the tiny model cannot read
+(a character outside its alphabet) is named, instead of failing inside the tokenizer.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from r1lab.config import doc
-from r1lab.models import R1_ZERO_PREFIX, R1_ZERO_SUFFIX, THINK_OPEN
+from r1lab.models import R1_ZERO_PREFIX, R1_ZERO_SUFFIX, THINK_OPEN, check_tiny_characters
 
 R1_INSTRUCTION = (
     "Think about the reasoning process first, inside <think> </think> tags, then give the final answer inside "
@@ -38,6 +42,8 @@ class PromptTemplate:
         return THINK_OPEN if self.cfg.prefill_think else ""
 
     def render(self, prompt: str, *, with_prefill: bool = True) -> str:
+        """The model's input text for ``prompt``; ``UnknownCharactersError`` when the tiny model cannot read it."""
+        check_tiny_characters(self.tokenizer, prompt, "the prompt")
         if self.cfg.kind == "r1_zero":
             text = R1_ZERO_PREFIX + prompt + R1_ZERO_SUFFIX
         elif self.cfg.kind == "chat":

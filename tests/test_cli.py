@@ -169,3 +169,16 @@ def test_eval_command_on_a_checkpoint(tmp_path, tiny_checkpoint):
     out = json.loads(result.stdout)
     assert out["k"] == 2 and out["num_problems"] == 3 and 0 <= out["pass@1"] <= 1
     assert len(samples.read_text().splitlines()) == 6
+
+
+def test_report_refuses_a_folder_that_is_not_a_run_and_names_a_corrupted_summary(tmp_path):
+    (tmp_path / "photos").mkdir()
+    result = r1lab("report", tmp_path / "photos")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{tmp_path / 'photos'} is not a run folder" in result.stderr
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text('{"run": ')
+    result = r1lab("report", tmp_path / "run")
+    assert result.returncode == 1 and (tmp_path / "run" / "report.html").is_file()
+    assert f"{tmp_path / 'run' / 'summary.json'} is corrupted" in result.stderr
+    assert "running `r1lab run` on the recipe again rewrites it" in result.stderr

@@ -5,7 +5,8 @@ from typing import Literal
 
 import pytest
 
-from r1lab.config import ConfigError, apply_overrides, describe_fields, doc, field_docs, from_dict, render_fields
+from r1lab.config import (ConfigError, apply_overrides, describe_fields, doc, field_docs, from_dict, override_keys,
+                          render_fields)
 from r1lab.pipeline import STAGE_KINDS, EvalConfig, RunConfig, load_recipe
 from r1lab.tasks import TaskConfig
 from r1lab.templates import TemplateConfig
@@ -20,6 +21,8 @@ def write(tmp_path, text):
 MINIMAL = """
 name: t
 stages:
+  base:
+    kind: pretrain
   grpo:
     kind: grpo
     steps: 3
@@ -70,8 +73,42 @@ def test_overrides_reach_nested_fields_and_parse_yaml_values(tmp_path):
 
 
 def test_validation_in_post_init_is_reported(tmp_path):
-    with pytest.raises(ConfigError, match="group_size must be at least 2"):
+    with pytest.raises(ConfigError, match=r"stages\.grpo\.group_size = 1: must be at least 2"):
         load_recipe(write(tmp_path, MINIMAL + "    group_size: 1\n"))
+
+
+def test_every_problem_is_reported_at_once_with_key_value_allowed_and_origin(tmp_path):
+    path = write(tmp_path, MINIMAL + "    top_p: 1.5\n    lr_max: 1\n    steps: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path, ["stages.grpo.temperature=0", "eval.k=0"])
+    message = str(err.value)
+    assert message.startswith(f"{path}: 5 problems")
+    lines = message.splitlines()[1:]
+    assert any(line.startswith("  stages.grpo.top_p = 1.5: must be in (0, 1]") and line.endswith(f"[{path}]")
+               for line in lines)
+    assert any("unknown key 'stages.grpo.lr_max'" in line for line in lines)
+    assert any("stages.grpo.steps = 'many': must be an integer" in line for line in lines)
+    # the values typed as overrides are said to come from the command line
+    assert any(line.startswith("  stages.grpo.temperature = 0.0: must be > 0 for RL rollouts")
+               and line.endswith("[command line: stages.grpo.temperature=0]") for line in lines)
+    assert any(line.startswith("  eval.k = 0: must be at least 1") and line.endswith("[command line: eval.k=0]")
+               for line in lines)
+
+
+def test_a_config_built_in_code_reports_all_its_problems():
+    from r1lab.train.grpo import GRPOConfig
+
+    with pytest.raises(ConfigError) as err:
+        GRPOConfig(steps=0, top_p=0.0, lr=-1.0)
+    assert str(err.value) == "steps = 0: must be at least 1; top_p = 0.0: must be in (0, 1]; lr = -1.0: must be > 0"
+    with pytest.raises(ConfigError, match="minibatches = 3: must divide prompts_per_step × group_size"):
+        GRPOConfig(minibatches=3)
+    with pytest.raises(ConfigError, match="minibatches = 0: must be at least 1"):
+        GRPOConfig(minibatches=0)  # reported, not a ZeroDivisionError
+
+
+def test_override_keys():
+    assert override_keys(["a.b=1", "x", "c= 2", "a.b=3"]) == {"a.b": "a.b=3", "c": "c= 2"}
 
 
 def test_missing_recipe_file():

@@ -8,6 +8,8 @@ import pytest
 
 from r1lab.data.filters import filter_by_pass_rate, write_jsonl
 from r1lab.engine import Generation
+from r1lab.evaluate import evaluate_model
+from r1lab.rewards import accuracy_reward
 from r1lab.tasks import get_task, verify
 from r1lab.templates import PromptTemplate, TemplateConfig
 
@@ -190,3 +192,76 @@ def test_pass_rate_filter_with_a_real_engine_draws_from_the_task():
                                       PromptTemplate(TemplateConfig(), tokenizer), k=2, max_prompts=3,
                                       max_new_tokens=4)
     assert stats["prompts"] == 3 and stats["too_hard"] == 3 and kept == []  # a random model solves nothing
+
+
+class FakeLogicDataset:
+    """A reasoning-gym dataset whose problems have many right answers and no reference (like propositional_logic)."""
+
+    def __init__(self, size, seed):
+        self.items = [{"question": f"Give a formula true when P{seed % 97 + i} holds", "answer": None,
+                       "metadata": {"atom": f"P{seed % 97 + i}"}} for i in range(size)]
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def score_answer(self, answer, entry):
+        return 1.0 if answer is not None and entry["metadata"]["atom"] in answer else 0.0
+
+
+class ScriptedAnswers:
+    """A generator that answers every prompt with one fixed response."""
+
+    def __init__(self, response):
+        self.response = response
+
+    def generate(self, prompts, n, params):
+        return [[Generation([1], [2], self.response, False) for _ in range(n)] for _ in prompts]
+
+
+@pytest.fixture
+def fake_logic_gym(monkeypatch):
+    fake = types.ModuleType("reasoning_gym")
+    fake.create_dataset = lambda name, size, seed, **options: FakeLogicDataset(size, seed)
+    monkeypatch.setitem(sys.modules, "reasoning_gym", fake)
+    monkeypatch.setattr("r1lab.tasks.datasets._SCORERS", {})
+
+
+def test_reasoning_gym_problem_without_a_reference_keeps_none_and_is_scored_by_the_gym(fake_logic_gym):
+    task = get_task("reasoning_gym", name="propositional_logic", test_size=2)
+    example = task.examples("train", 1)[0]
+    assert example["answer"] is None  # not the text "None"
+    atom = example["rg_entry"]["metadata"]["atom"]
+    assert accuracy_reward(f"<think>x</think><answer>{atom} or Q</answer>", example) == 1.0
+    assert accuracy_reward("<think>x</think><answer>Q</answer>", example) == 0.0
+    assert accuracy_reward("<think>x</think><answer>None</answer>", example) == 0.0
+
+
+def test_evaluation_samples_say_a_problem_has_no_reference(fake_logic_gym, tmp_path):
+    task = get_task("reasoning_gym", name="propositional_logic", test_size=2)
+    atom = task.examples("test", 0)[0]["rg_entry"]["metadata"]["atom"]
+    samples = tmp_path / "samples.jsonl"
+    evaluate_model(ScriptedAnswers(f"<think>x</think><answer>{atom}</answer>"), task,
+                   PromptTemplate(TemplateConfig(kind="plain")), num_problems=2, k=1, temperature=0.6, top_p=0.95,
+                   max_new_tokens=8, seed=0, samples_path=samples)
+    lines = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert [line["reference"] for line in lines] == [None, None]
+    assert lines[0]["reference_note"] == "no single reference answer: scored by reasoning-gym's own scorer"
+    assert [line["correct"] for line in lines] == [True, False]  # the scorer judged the first problem's atom
+
+
+def test_answer_format_is_a_task_option_stamped_on_every_example(tmp_path, fake_logic_gym):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "2+2", "answer": "4", "answer_format": "tags"}\n')
+    rows = get_task("dataset", path=str(path), test_path=str(path)).examples("train", 0)
+    assert [row["answer_format"] for row in rows] == ["tags_or_boxed", "tags"]  # a row may set its own
+    boxed = "<think>x</think> \\boxed{2}"
+    assert accuracy_reward(boxed, rows[0]) == 1.0
+    tags_only = get_task("dataset", path=str(path), test_path=str(path), answer_format="tags")
+    assert accuracy_reward(boxed, tags_only.examples("train", 0)[0]) == 0.0
+    gym = get_task("reasoning_gym", name="propositional_logic", test_size=1, answer_format="tags")
+    assert gym.examples("test", 0)[0]["answer_format"] == "tags"
+    with pytest.raises(ValueError, match="unknown answer_format 'box'; choose one of tags_or_boxed, tags"):
+        get_task("dataset", path=str(path), answer_format="box")
+    path.write_text('{"prompt": "1+1", "answer": "2", "answer_format": "latex"}\n')
+    with pytest.raises(ValueError, match="row 1: unknown answer_format 'latex'"):
+        get_task("dataset", path=str(path), test_path=str(path))

@@ -11,6 +11,7 @@ from r1lab.evaluate import (
     normalize_answer,
     pass_at_1,
     pass_at_k,
+    reference_fields,
     summarize_samples,
 )
 
@@ -161,3 +162,12 @@ def test_summarize_samples_rejects_uneven_k_and_empty():
         summarize_samples([_record(0, "1", True), _record(0, "1", True), _record(1, "1", True)])
     with pytest.raises(ValueError):
         summarize_samples([])
+
+
+def test_reference_fields_never_invent_a_reference():
+    assert reference_fields({"answer": "936", "verifier": "integer"}) == {"reference": "936"}
+    assert reference_fields({"answer": "", "verifier": "code"}) == {"reference": ""}  # empty is still a reference
+    assert reference_fields({"answer": None, "verifier": "reasoning_gym"}) == {
+        "reference": None, "reference_note": "no single reference answer: scored by reasoning-gym's own scorer"}
+    assert reference_fields({"verifier": "code"}) == {
+        "reference": None, "reference_note": "no single reference answer: scored by the 'code' verifier"}

@@ -1,34 +1,19 @@
 """GRPO trainer behaviour: micro-batches add up to the full batch, a killed run resumes to the same result."""
 
-import os
-
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
 from r1lab.pipeline import run_recipe
-
-BOMB = '''
-import os
-calls = {}
-
-def bomb(completion, example):
-    at = int(os.environ.get("R1LAB_TEST_BOMB_AT", "0"))
-    calls[at] = calls.get(at, 0) + 1  # counted per setting: the module outlives one run in a test process
-    if at and calls[at] == at:
-        raise KeyboardInterrupt("simulated kill")
-    return 0.0
-'''
+from r1lab.stage import Stage
 
 
 def recipe(tmp_path, model, name, **grpo):
-    bomb = tmp_path / "bomb.py"
-    bomb.write_text(BOMB)
     stage = {"kind": "grpo", "steps": 3, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 10,
              "eval_every": 0, "save_every": 1, "lr": 1e-3, "eval": False,
              # a reward with spread, so that every step moves the weights
-             "rewards": {"format_soft": 1.0, "accuracy": 1.0, f"{bomb}:bomb": 0.0}, **grpo}
+             "rewards": {"format_soft": 1.0, "accuracy": 1.0}, **grpo}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"name": name, "output_dir": str(tmp_path / "runs"), "model": str(model),
                                     "task": {"name": "arithmetic", "options": {"digits": 1}},
@@ -57,13 +42,19 @@ def test_micro_batches_accumulate_to_the_full_minibatch(tmp_path, tiny_checkpoin
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_checkpoint, monkeypatch):
     run_recipe(recipe(tmp_path, tiny_checkpoint, "straight"), quiet=True)
-    # 8 completions per step: the 20th call of the bomb reward is during step 3, after step 2's checkpoint
-    monkeypatch.setenv("R1LAB_TEST_BOMB_AT", "20")
+    log_metrics = Stage.log_metrics
+
+    def killed_at_step_3(self, step, metrics):  # after step 2's checkpoint, before step 3's
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill")
+        log_metrics(self, step, metrics)
+
+    monkeypatch.setattr(Stage, "log_metrics", killed_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(recipe(tmp_path, tiny_checkpoint, "killed"), quiet=True)
     stage_dir = tmp_path / "runs" / "killed" / "grpo"
     assert (stage_dir / "checkpoint" / "trainer_state.pt").is_file() and not (stage_dir / "done.json").exists()
     assert torch.load(stage_dir / "checkpoint" / "trainer_state.pt", weights_only=False)["step"] == 2
-    monkeypatch.delenv("R1LAB_TEST_BOMB_AT")
+    monkeypatch.setattr(Stage, "log_metrics", log_metrics)
     run_recipe(recipe(tmp_path, tiny_checkpoint, "killed"), quiet=True)
     assert_same(final_weights(tmp_path, "straight"), final_weights(tmp_path, "killed"), atol=1e-6)

@@ -150,7 +150,7 @@ def test_grpo_with_lora_two_steps(qwen2, tmp_path):
     (run_dir / "grpo" / "done.json").unlink()
     run_recipe(path, ["stages.grpo.steps=3", "stages.grpo.eval=false"], quiet=True)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics if "kl" in m] == [1, 2, 2, 3]  # resumed after step 1
+    assert [m["step"] for m in metrics if "kl" in m] == [1, 2, 3]  # resumed after step 1, step 2's old line dropped
 
 
 def test_lora_recipe_keys_are_checked(qwen2, tmp_path):

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,15 @@ def test_r1_pipeline_killed_in_every_stage_ends_like_an_uninterrupted_run(tmp_pa
     stages = [s for s in expected]
     assert killed_in == stages  # every stage was interrupted once
     assert _results(tmp_path, "killed") == expected
+    # the log holds each line once, as the uninterrupted run's: a restarted stage drops what its killed attempt wrote
+    # after its last checkpoint (r1lab.run_record.drop_log_lines)
+    assert _logged(tmp_path, "killed") == _logged(tmp_path, "straight")
+    assert max(_logged(tmp_path, "killed").values()) == 1
+
+
+def _logged(root: Path, name: str) -> Counter:
+    """(stage, step, keys) of every metrics.jsonl line of a run (a reward model's key holds the run's folder, written
+    as <run>)."""
+    lines = (root / name / name / "metrics.jsonl").read_text().splitlines()
+    return Counter((m["stage"], m["step"], tuple(sorted(key.replace(str(root / name / name), "<run>") for key in m)))
+                   for m in map(json.loads, lines))

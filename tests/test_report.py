@@ -1,16 +1,21 @@
 """Plots and the HTML report built from synthetic run folders."""
 
+import html
 import json
 import random
 
 import pytest
 
 from r1lab.report import (
+    NotARunError,
+    check_run_folder,
     first_and_last_step_samples,
     moving_average,
     plot_extra_metrics,
     plot_training_curves,
     read_metrics,
+    reward_error_totals,
+    summary_problem,
     summary_table_markdown,
     write_combined_report,
     write_report,
@@ -193,10 +198,24 @@ def test_report_for_empty_run(tmp_path):
     assert tmp_path.name in page
 
 
-def test_report_tolerates_broken_summary(tmp_path):
+def test_report_of_a_corrupted_summary_names_the_file_and_how_to_rewrite_it(tmp_path):
     (tmp_path / "summary.json").write_text('{"run": "x", "stag', encoding="utf-8")
-    page = write_report(tmp_path).read_text(encoding="utf-8")
-    assert "no summary yet" in page.lower()
+    _write_jsonl(tmp_path / "metrics.jsonl", _synthetic_metrics())
+    page = write_report(tmp_path).read_text(encoding="utf-8")  # the rest of the report is still written
+    problem = summary_problem(tmp_path)
+    assert problem.startswith(f"{tmp_path / 'summary.json'} is corrupted (not valid JSON: ")
+    assert "running `r1lab run` on the recipe again rewrites it" in problem
+    assert html.escape(problem) in page and "data:image/png;base64," in page
+    (tmp_path / "summary.json").write_text("[1, 2]", encoding="utf-8")
+    assert "is corrupted (a JSON list, not an object)" in summary_problem(tmp_path)
+    (tmp_path / "summary.json").write_bytes(b'{"run": "\xe9"}')
+    assert "is corrupted (not UTF-8 text)" in summary_problem(tmp_path)
+
+
+def test_a_missing_or_valid_summary_is_no_problem(tmp_path):
+    assert summary_problem(tmp_path) is None
+    (tmp_path / "summary.json").write_text(json.dumps(SUMMARY))
+    assert summary_problem(tmp_path) is None
 
 
 def test_summary_table_markdown():
@@ -256,3 +275,67 @@ def test_combined_report_has_a_section_per_run_and_one_summary(tmp_path):
     combined = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert combined["runs"][0] == SUMMARY
     assert combined["runs"][1] == {"run": "second", "stages": [], "missing": str(second / "summary.json")}
+
+
+# --- reward errors, and folders that are no run ---
+
+
+def _reward_error_metrics():
+    rows = [{"stage": "grpo", "step": step, "reward/mean": 0.5, "reward/accuracy_errors": 0,
+             "reward/flaky_errors": errors} for step, errors in [(1, 4), (2, 0), (3, 2)]]
+    rows.append({"stage": "grpo", "step": 3, "reward/accuracy_errors": 0, "reward/flaky_errors": 1})  # resumed: re-logged
+    rows.append({"stage": "grpo", "step": 4, "final_eval/pass@1": 0.5})  # no reward counts on an eval line
+    rows.append({"stage": "ppo", "step": 1, "reward/accuracy_errors": 0})
+    rows.append({"stage": "sft", "step": 1, "loss": 1.0})
+    return rows
+
+
+def test_reward_error_totals_sum_each_step_once_per_stage(tmp_path):
+    _write_jsonl(tmp_path / "metrics.jsonl", _reward_error_metrics())
+    assert reward_error_totals(tmp_path, "grpo") == {"accuracy": 0, "flaky": 5}  # 4 + 0 + 1 (step 3's last line)
+    assert reward_error_totals(tmp_path, "ppo") == {"accuracy": 0}
+    assert reward_error_totals(tmp_path, "sft") == {}
+    assert reward_error_totals(tmp_path / "missing", "grpo") == {}
+
+
+def test_report_has_a_reward_error_table_per_rl_stage(tmp_path):
+    _write_jsonl(tmp_path / "metrics.jsonl", _reward_error_metrics())
+    page = write_report(tmp_path).read_text()
+    assert "<b>Reward errors</b>" in page
+    assert "<tr><td>grpo</td><td>flaky</td><td>5</td><td>2</td><td>3</td></tr>" in page
+    assert "<tr><td>ppo</td><td>accuracy</td><td>0</td><td>0</td><td>1</td></tr>" in page
+    _write_jsonl(tmp_path / "metrics.jsonl", [{"stage": "grpo", "step": 1, "reward/accuracy_errors": 0}])
+    assert "Reward errors: none (every reward scored every completion)." in write_report(tmp_path).read_text()
+    _write_jsonl(tmp_path / "metrics.jsonl", [{"stage": "sft", "step": 1, "loss": 1.0}])
+    assert "Reward errors" not in write_report(tmp_path).read_text()
+
+
+def test_check_run_folder_says_what_a_folder_is_and_what_to_give(tmp_path):
+    run = tmp_path / "runs" / "tiny"
+    (run / "grpo" / "final").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: tiny\n")
+    check_run_folder(run)  # a run that has not finished a stage yet is a run
+    with pytest.raises(NotARunError, match=f"^no run folder at {tmp_path / 'nope'}$"):
+        check_run_folder(tmp_path / "nope")
+    with pytest.raises(NotARunError) as stage:
+        check_run_folder(run / "grpo")
+    assert str(stage.value) == (f"{run / 'grpo'} is a stage folder of the run {run}, not a run; give the run: "
+                                f"r1lab report {run}")
+    with pytest.raises(NotARunError) as runs:
+        check_run_folder(tmp_path / "runs")
+    assert str(runs.value).startswith(f"{tmp_path / 'runs'} is not a run but holds runs: {run}; give one of them")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotARunError) as empty:
+        check_run_folder(tmp_path / "empty")
+    assert str(empty.value) == (f"{tmp_path / 'empty'} is not a run folder (a run folder has summary.json, "
+                                f"config.yaml, metrics.jsonl, which `r1lab run` writes); give the folder of a run, "
+                                f"e.g. runs/<name>")
+
+
+def test_combined_summary_notes_a_corrupted_summary(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text("{oops")
+    write_combined_report([run], tmp_path / "out")
+    combined = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert combined["runs"][0]["corrupted"] == summary_problem(run)

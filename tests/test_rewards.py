@@ -2,8 +2,11 @@
 
 import logging
 import math
+import os
+import signal
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -81,6 +84,38 @@ def test_format_reward(completion, answer, accuracy, form):
 )
 def test_accuracy_reward_on_countdown(completion, expected):
     assert accuracy_reward(completion, COUNTDOWN) == expected
+
+
+# ---------------------------------------------------------------- answers in tags, else in \boxed{}
+
+HALF = {"prompt": "1/4 + 1/4?", "answer": "\\frac{1}{2}", "verifier": "math"}
+
+
+@pytest.mark.parametrize("completion, answer", [
+    ("<think>1/4+1/4</think> So the sum is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),  # nested braces balance
+    ("first \\boxed{3}, then \\boxed{ 0.5 }", "0.5"),  # the last box, stripped
+    ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),  # escaped braces are literal: they do not close the box
+    ("\\boxed {7}", "7"),
+    ("\\boxed{7} and a box cut off \\boxed{\\frac{1}{", "7"),  # an unclosed box is skipped
+    ("<answer>1/2</answer> \\boxed{9}", "1/2"),  # tags win over a box
+    ("<answer>1/2 \\boxed{9}", "9"),  # unclosed tags: the box
+    ("no answer at all {7}", None),
+])
+def test_extract_answer_reads_the_tags_else_the_last_box(completion, answer):
+    assert extract_answer(completion) == answer
+    assert extract_answer(completion, {"answer_format": "tags_or_boxed"}) == answer
+
+
+def test_boxed_answer_without_tags_scores_with_the_math_verifier_unless_tags_are_demanded():
+    completion = "<think>1/4+1/4</think> The answer is \\boxed{\\frac{1}{2}}"
+    assert accuracy_reward(completion, HALF) == 1.0
+    assert accuracy_reward(completion.replace("frac{1}{2}", "frac{1}{3}"), HALF) == 0.0
+    tags_only = {**HALF, "answer_format": "tags"}
+    assert extract_answer(completion, tags_only) is None
+    assert accuracy_reward(completion, tags_only) == 0.0
+    assert accuracy_reward("<think>x</think><answer>0.5</answer>", tags_only) == 1.0
+    with pytest.raises(ValueError, match="unknown answer_format 'boxed'; choose one of tags_or_boxed, tags"):
+        extract_answer(completion, {**HALF, "answer_format": "boxed"})
 
 
 def test_accuracy_is_not_applicable_without_a_reference():
@@ -254,3 +289,69 @@ def test_score_completions_rejects_mismatched_lengths_and_bad_specs():
         score_completions(["a", "b"], [ADDITION], {"format": 1.0})
     with pytest.raises(ValueError, match="unknown reward 'nope'"):
         score_completions(["a"], [ADDITION], {"nope": 1.0})
+
+
+# ---------------------------------------------------------------- rewards that end the process, Ctrl-C
+
+
+def _exits(completion, example):
+    sys.exit(3)
+
+
+def _interrupts(completion, example):
+    raise KeyboardInterrupt
+
+
+def _signals_ctrl_c(completion, example):
+    os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C arriving while the reward runs
+    return 1.0
+
+
+def test_a_reward_that_exits_is_a_failure_not_the_end_of_the_run(monkeypatch):
+    monkeypatch.setitem(REWARDS, "test_exits", _exits)
+    result = score_completions(["a", "b"], [ADDITION] * 2, {"test_exits": 1.0, "format": 1.0})
+    assert result.errors == {"test_exits": 2, "format": 0} and result.scored == {"test_exits": 2, "format": 2}
+    assert result.first_errors == {"test_exits": "SystemExit: 3 (the reward called sys.exit)"}
+    assert result.per_reward["format"] == [0.0, 0.0]  # the other rewards were still scored
+
+
+def test_a_reward_that_raises_keyboard_interrupt_by_itself_is_a_failure(monkeypatch):
+    monkeypatch.setitem(REWARDS, "test_interrupts", _interrupts)
+    result = score_completions(["a"], [ADDITION], {"test_interrupts": 1.0})
+    assert result.errors == {"test_interrupts": 1}
+    assert result.first_errors == {"test_interrupts": "KeyboardInterrupt"}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_ctrl_c_while_a_reward_runs_stops_the_run(monkeypatch):
+    monkeypatch.setitem(REWARDS, "test_ctrl_c", _signals_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        score_completions(["a", "b"], [ADDITION] * 2, {"test_ctrl_c": 1.0})
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_keyboard_interrupt_off_the_main_thread_is_taken_as_the_users(monkeypatch):
+    monkeypatch.setitem(REWARDS, "test_interrupts", _interrupts)
+    caught = []
+
+    def score():
+        try:
+            score_completions(["a"], [ADDITION], {"test_interrupts": 1.0})
+        except KeyboardInterrupt as error:
+            caught.append(error)
+
+    thread = threading.Thread(target=score)
+    thread.start()
+    thread.join()
+    assert len(caught) == 1
+
+
+def test_first_error_of_each_reward_in_the_batch(tmp_path):
+    path = tmp_path / "some.py"
+    path.write_text("def picky(completion, example):\n    if completion == 'ok':\n        return 1.0\n"
+                    "    raise ValueError(f'cannot read {completion!r}')\n"
+                    "def wordy(completion, example):\n    return 'yes'\n")
+    picky, wordy = f"{path}:picky", f"{path}:wordy"
+    result = score_completions(["ok", "x", "y"], [ADDITION] * 3, {picky: 1.0, wordy: 1.0})
+    assert result.errors == {picky: 2, wordy: 3} and result.scored == {picky: 3, wordy: 3}
+    assert result.first_errors == {picky: "ValueError: cannot read 'x'", wordy: "returned a str ('yes'), not a number"}

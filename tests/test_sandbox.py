@@ -1,188 +1,269 @@
-"""The code sandbox contains hostile programs, and the "code" verifier/reward grades programs through it."""
+"""The code sandbox: bwrap isolation, its refusal without bwrap, the weak opt-in; the "code" verifier/reward and its
+judge outside the program (README, "The code sandbox"). Hostile programs: test_sandbox_hostile.py."""
 
 import os
-import shutil
-import socket
+import subprocess
 import sys
-import time
 
 import pytest
 
+import r1lab.sandbox as sandbox_module
 from r1lab.rewards import code_reward
-from r1lab.tasks.verifiers_code import extract_program, parse_tests, run_tests
-from r1lab.sandbox import SandboxLimits, run_python, sandbox_isolation
+from r1lab.sandbox import SandboxLimits, SandboxUnavailable, bwrap_available, run_python, sandbox_isolation
 from r1lab.tasks import verify
+from r1lab.tasks.verifiers_code import (decode_plain, encode_plain, extract_program, parse_tests, plan_asserts,
+                                        run_tests)
 
-FAST = SandboxLimits(timeout_s=2.0)
-
-
-def _processes_of_group_or_user(uid: int) -> int:
-    return sum(1 for pid in os.listdir("/proc") if pid.isdigit() and _uid_of(pid) == uid)
-
-
-def _uid_of(pid: str):
-    try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
-
-
-def test_a_program_runs_with_its_stdin_in_a_scrubbed_environment():
-    result = run_python("import os, sys\nprint(int(input()) * 2)\nprint(sorted(os.environ))\nprint(os.getcwd())",
-                        stdin="21\n", limits=FAST)
-    assert result.ok, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0] == "42"
-    assert "HOME" in lines[1] and "PYTHONPATH" not in lines[1] and "HF_HUB_OFFLINE" not in lines[1]
-    assert os.path.basename(lines[2]).startswith("r1lab-sandbox-")
-    assert not os.path.exists(lines[2])  # the working directory is gone afterwards
-    assert "rlimits" in result.isolation and "audit hook" in result.isolation
-
-
-def test_stdin_is_closed_when_not_given():
-    result = run_python("input()", limits=FAST)
-    assert result.returncode != 0 and "EOFError" in result.stderr
-
-
-def test_an_infinite_loop_is_killed_on_time():
-    started = time.monotonic()
-    result = run_python("while True:\n    pass\n", limits=SandboxLimits(timeout_s=1.0))
-    assert result.timed_out and not result.ok and result.returncode is None
-    assert time.monotonic() - started < 5
-
-
-def test_a_fork_bomb_is_refused_and_leaves_no_process():
-    before = _processes_of_group_or_user(os.getuid())
-    result = run_python("import os\nwhile True:\n    os.fork()\n", limits=FAST)
-    assert not result.ok and "os.fork is not allowed" in result.stderr
-    for spawn in ("import subprocess", "import os\nos.system('true')", "import os\nos.posix_spawn('/bin/true', "
-                  "['true'], {})", "import ctypes\nctypes.CDLL(None).fork()", "import pty\npty.fork()"):
-        result = run_python(spawn, limits=FAST)
-        assert not result.ok and "not allowed" in result.stderr, spawn
-    assert _processes_of_group_or_user(os.getuid()) <= before + 2  # other tests' processes may come and go
-
-
-def _limits_with_process_limit():
-    """Limits under which the kernel enforces RLIMIT_NPROC (not root, or root dropping to nobody); else None."""
-    for python in (sys.executable, "/usr/bin/python3", shutil.which("python3")):
-        if not python or not os.path.exists(python):
-            continue
-        limits = SandboxLimits(timeout_s=3.0, audit_hook=False, max_processes=8, python=python)
-        if os.geteuid() != 0 or "user nobody" in sandbox_isolation(limits):
-            return limits
-    return None
-
-
-def test_a_fork_bomb_that_gets_past_the_audit_hook_meets_the_process_limit():
-    limits = _limits_with_process_limit()
-    if limits is None:
-        pytest.skip("running as root and no interpreter that user nobody may run: RLIMIT_NPROC does not bind root")
-    bomb = ("import os, time\nforks = 0\nfor _ in range(500):\n    try:\n        pid = os.fork()\n"
-            "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(60)\n        os._exit(0)\n"
-            "    forks += 1\nprint(forks)\n")
-    result = run_python(bomb, limits=limits)
-    assert result.ok, result.stderr
-    assert int(result.stdout) <= limits.max_processes  # the limit stopped it, far below 500
-    if "pidns" in result.isolation:  # the sleeping children died with the namespace
-        time.sleep(0.3)
-        uid = 65534 if "nobody" in result.isolation else os.getuid()
-        survivors = [p for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == uid and _cmdline(p) == "python"]
-        assert not survivors
-
-
-def _cmdline(pid: str) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as file:
-            return "python" if b"r1lab-sandbox" in file.read() else ""
-    except OSError:
-        return ""
-
-
-@pytest.mark.parametrize("program", ["x = bytearray(8 * 1024**3)",
-                                     "chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))"])
-def test_a_memory_blow_up_ends_in_memory_error(program):
-    result = run_python(program, limits=SandboxLimits(timeout_s=5.0, memory_mb=256))
-    assert not result.ok and not result.timed_out
-    assert "MemoryError" in result.stderr or result.returncode < 0  # raised, or killed by the kernel
-
-
-def test_writing_outside_the_working_directory_is_denied(tmp_path):
-    outside = tmp_path / "outside.txt"
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep me")
-    attempts = [f"open({str(outside)!r}, 'w').write('x')",
-                f"import os\nos.close(os.open({str(outside)!r}, os.O_WRONLY | os.O_CREAT))",
-                f"open({str(victim)!r}, 'a').write('x')",
-                f"import os\nos.remove({str(victim)!r})",
-                f"import os\nos.rename({str(victim)!r}, 'stolen.txt')",
-                f"import os\nos.symlink({str(victim)!r}, 'link')\nopen('link', 'w').write('x')",
-                f"import os\nos.link({str(victim)!r}, 'hard')\nopen('hard', 'w').write('x')",
-                f"import shutil\nshutil.rmtree({str(tmp_path)!r})"]
-    for program in attempts:
-        result = run_python(program, limits=FAST)
-        assert not result.ok and ("not allowed" in result.stderr or "Permission" in result.stderr), program
-    assert not outside.exists() and victim.read_text() == "keep me"
-    inside = run_python("import os\nos.mkdir('d')\nopen('d/f.txt', 'w').write('ok')\nos.rename('d/f.txt', 'g.txt')\n"
-                        "print(open('g.txt').read())", limits=FAST)
-    assert inside.ok and inside.stdout.strip() == "ok", inside.stderr
-
-
-def test_big_files_and_output_are_capped():
-    result = run_python("open('big', 'wb').write(b'x' * 5_000_000)", limits=SandboxLimits(timeout_s=5, file_size_mb=1))
-    assert not result.ok  # RLIMIT_FSIZE: the write fails (SIGXFSZ or an OSError)
-    flood = run_python("import sys\nfor _ in range(200):\n    sys.stdout.write('y' * 10000)",
-                       limits=SandboxLimits(timeout_s=5, max_output_bytes=1000))
-    assert flood.ok and len(flood.stdout) == 1000
+needs_bwrap = pytest.mark.skipif(not bwrap_available(), reason="bubblewrap (bwrap) is not installed or cannot create "
+                                 "a sandbox here: `apt-get install bubblewrap` (CI installs it)")
+BWRAP = SandboxLimits(timeout_s=3.0, isolation="bwrap")  # a run takes ~0.1 s idle
+WEAK = SandboxLimits(timeout_s=3.0, isolation="weak")
 
 
 @pytest.fixture
-def listener():
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.settimeout(0.3)
-    yield server
-    server.close()
+def default_isolation(monkeypatch):
+    """The examples of the verifier carry no isolation: make the default bwrap whatever the caller's environment."""
+    monkeypatch.delenv("R1LAB_SANDBOX", raising=False)
 
 
-def _connected(server) -> bool:
+# --- bwrap: what the program sees ---
+
+
+@needs_bwrap
+def test_a_program_runs_with_its_stdin_and_files_in_a_clean_environment(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_for_the_program")
+    program = ("import os, sys\nprint(int(input()) * 2)\nprint(sorted(os.environ))\nprint(os.getcwd(), os.getuid())\n"
+               "open('given.txt', 'a').write('+')\nprint(open('given.txt').read())\n"
+               "open_fds = []\nfor fd in range(3, 256):\n    try:\n        os.fstat(fd)\n        open_fds.append(fd)\n"
+               "    except OSError:\n        pass\nprint(open_fds)")
+    leaked = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(leaked, 40)  # inheritable: a careless launcher would pass it on
     try:
-        connection, _ = server.accept()
-    except (socket.timeout, TimeoutError):
-        return False
-    connection.close()
-    return True
+        result = run_python(program, stdin="21\n", limits=BWRAP, files={"given.txt": "data"})
+    finally:
+        os.close(40)
+        os.close(leaked)
+    assert result.ok, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "42"
+    assert lines[1] == str(sorted(["HOME", "LANG", "MKL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                   "PATH", "PWD", "TMPDIR"]))  # PWD: set by bwrap
+    assert lines[2] == "/sandbox 65534"
+    assert lines[3] == "data+"  # the given files belong to the program's user
+    assert lines[4] == "[]"  # no descriptor but stdin, stdout and stderr
+    assert result.isolation.startswith("bwrap: uid 65534") and "rlimits" in result.isolation
 
 
-@pytest.mark.parametrize("audit_hook", [True, False], ids=["audit-hook", "namespace-only"])
-def test_opening_a_socket_is_refused(listener, audit_hook):
-    limits = SandboxLimits(timeout_s=2.0, audit_hook=audit_hook)
-    if not audit_hook and "netns" not in sandbox_isolation(limits):
-        pytest.skip("no network namespace here (unshare unavailable): the audit hook is the only network guard")
-    port = listener.getsockname()[1]
-    result = run_python(f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
-                        "s.sendall(b'leak')\nprint('connected')", limits=limits)
-    assert not result.ok and "connected" not in result.stdout
-    assert not _connected(listener)
+@needs_bwrap
+def test_stdin_is_closed_when_not_given():
+    result = run_python("input()", limits=BWRAP)
+    assert result.returncode != 0 and "EOFError" in result.stderr
+
+
+@needs_bwrap
+def test_the_program_sees_a_read_only_system_and_nothing_else_of_the_host(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    readme = os.path.abspath("README.md")
+    program = f"""
+import os
+print(sorted(os.listdir("/")))
+for path in ({str(secret)!r}, {readme!r}, "/etc/shadow", "/etc/passwd", "/sys/kernel", "/home", "/tmp"):
+    print(path, os.path.exists(path))
+for path in ("/usr/x", "/etc/x", "/x", "/proc/x"):
+    try:
+        open(path, "w")
+        print("wrote", path)
+    except OSError as error:
+        print("refused", path, type(error).__name__)
+print("devices", sorted(os.listdir("/dev")))
+"""
+    result = run_python(program, limits=BWRAP)
+    assert result.ok, result.stderr
+    lines = result.stdout.splitlines()
+    top = set(eval(lines[0]))
+    assert top <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev", "sandbox",
+                   ".r1lab-inputs"} | {path.split("/")[1] for path in (sys.prefix, sys.base_prefix)}
+    assert {"home", "tmp", "sys", "var", "run", "mnt"}.isdisjoint(top) or sys.prefix.startswith(("/home", "/tmp"))
+    assert all(line.endswith("False") for line in lines[1:8]), lines[1:8]
+    assert not any(line.startswith("wrote") for line in lines), result.stdout
+    devices = set(eval(lines[-1].split(" ", 1)[1]))
+    assert devices <= {"null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "fd", "stdin",
+                       "stdout", "stderr", "core"}  # no disk, no /dev/mem, no kmsg
+
+
+@needs_bwrap
+def test_big_files_a_full_working_directory_and_floods_of_output_are_capped():
+    result = run_python("open('big', 'wb').write(b'x' * 5_000_000)",
+                        limits=SandboxLimits(timeout_s=3, file_size_mb=1, isolation="bwrap"))
+    assert not result.ok  # RLIMIT_FSIZE: the write fails (SIGXFSZ or an OSError)
+    many = run_python("n = 0\ntry:\n    while True:\n        open(f'f{n}', 'wb').write(b'x' * 500_000)\n"
+                      "        n += 1\nexcept OSError as error:\n    print(n, error.errno)",
+                      limits=SandboxLimits(timeout_s=3, disk_mb=4, isolation="bwrap"))
+    assert many.ok, many.stderr
+    written, errno = map(int, many.stdout.split())
+    assert written <= 8 and errno == 28  # ENOSPC: the tmpfs is capped, host memory is not filled
+    flood = run_python("import sys\nfor _ in range(200):\n    sys.stdout.write('y' * 10000)",
+                       limits=SandboxLimits(timeout_s=3, max_output_bytes=1000, isolation="bwrap"))
+    assert flood.ok and len(flood.stdout) == 1000
+
+
+@needs_bwrap
+@pytest.mark.skipif(os.geteuid() != 0, reason="the switch to nobody outside happens only when started as root")
+def test_an_interpreter_nobody_cannot_read_runs_in_a_user_namespace_that_says_so(tmp_path):
+    venv = tmp_path / "private-venv"
+    base_python = os.path.join(sys.base_prefix, "bin", "python3")
+    subprocess.run([base_python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    venv.chmod(0o700)
+    limits = SandboxLimits(timeout_s=3.0, isolation="bwrap", python=str(venv / "bin" / "python"))
+    assert "root outside: the process limit is not enforced" in sandbox_isolation(limits)
+    result = run_python("import os, sys\nprint(os.getuid(), sys.prefix)", limits=limits)
+    assert result.ok and result.stdout.split() == ["65534", str(venv)], result.stderr
+
+
+@needs_bwrap
+def test_sandbox_isolation_names_bwrap_and_the_user(default_isolation):
+    line = sandbox_isolation()
+    assert line.startswith("bwrap: uid 65534") and "pid/net/ipc/uts/mount namespaces" in line
+    assert "\n" not in line
+
+
+# --- without bwrap: refuse, unless the weak guard is chosen explicitly ---
+
+
+def test_without_bwrap_the_sandbox_refuses_and_names_both_fixes(monkeypatch, default_isolation):
+    monkeypatch.setattr(sandbox_module, "_find_bwrap", lambda: None)
+    for attempt in (lambda: run_python("print(1)", limits=SandboxLimits(timeout_s=3)), sandbox_isolation,
+                    lambda: code_reward(ADD_COMPLETION, ADD_ASSERTS)):
+        with pytest.raises(SandboxUnavailable) as refusal:
+            attempt()
+        message = str(refusal.value)
+        assert "apt-get install bubblewrap" in message
+        assert "R1LAB_SANDBOX=weak" in message and "SandboxLimits(isolation='weak')" in message
+
+
+def test_a_bwrap_that_cannot_sandbox_is_refused_too(monkeypatch, default_isolation):
+    monkeypatch.setattr(sandbox_module, "_find_bwrap", lambda: "/bin/false")  # fails its self-test
+    with pytest.raises(SandboxUnavailable, match="cannot create a sandbox.*R1LAB_SANDBOX=weak"):
+        run_python("print(1)", limits=SandboxLimits(timeout_s=3))
+
+
+def test_the_weak_guard_runs_only_when_chosen_and_says_so(monkeypatch, default_isolation):
+    monkeypatch.setattr(sandbox_module, "_find_bwrap", lambda: None)
+    result = run_python("print(6 * 7)", limits=WEAK)
+    assert result.ok and result.stdout == "42\n" and result.isolation.startswith("weak")
+    monkeypatch.setenv("R1LAB_SANDBOX", "weak")
+    result = run_python("print(6 * 7)", limits=SandboxLimits(timeout_s=3))
+    assert result.ok and result.isolation.startswith("weak") and sandbox_isolation().startswith("weak")
+    assert code_reward(ADD_COMPLETION, ADD_ASSERTS) == 1.0
+    monkeypatch.setenv("R1LAB_SANDBOX", "none")
+    with pytest.raises(ValueError, match="bwrap, weak"):
+        run_python("print(1)")
+
+
+def test_the_weak_guards_audit_hook_refuses_processes_writes_and_sockets(tmp_path):
+    for program in ("import os\nos.fork()", "import subprocess", "import os\nos.system('true')",
+                    f"open({str(tmp_path / 'x')!r}, 'w')", f"import sqlite3\nsqlite3.connect({str(tmp_path / 'x')!r})",
+                    "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)"):
+        result = run_python(program, limits=WEAK)
+        assert not result.ok and "not allowed" in result.stderr, program
+    assert not (tmp_path / "x").exists()
+
+
+# --- plain data: the only thing that leaves the program's sandbox ---
+
+
+def test_plain_data_round_trips_and_nothing_else_passes():
+    value = [None, True, 3, -2.5, float("inf"), "s", b"\x00", 1 + 2j, (1, (2,)), {1, 2}, frozenset({3}),
+             {"a": [1], (1, 2): {"b": None}}]
+    assert decode_plain(encode_plain(value)) == value
+    assert type(decode_plain(encode_plain((1,)))) is tuple and type(decode_plain(encode_plain({1}))) is set
+
+    class Yes:
+        def __eq__(self, other):
+            return True
+
+    class TrueInt(int):
+        def __eq__(self, other):
+            return True
+
+    for fake in (Yes(), TrueInt(3), [Yes()], {"k": TrueInt(1)}, iter([1]), print):
+        with pytest.raises(TypeError, match="not plain data"):
+            encode_plain(fake)
+    nested = []
+    nested.append(nested)
+    with pytest.raises(ValueError, match="deeply"):
+        encode_plain(nested)
+    for forged in ({"object": "Yes"}, {"tuple": "12"}, {"float": "1e999"}, {"a": 1, "b": 2}):
+        with pytest.raises(ValueError):
+            decode_plain(forged)
+
+
+# --- the judge: how assert-style tests are split ---
+
+
+def test_asserts_are_split_into_calls_and_conditions_the_program_never_sees():
+    plan = plan_asserts(("import math", "xs = [3, 1]", "expected = [1, 3]", "assert sort_it(xs) == expected",
+                         "assert math.isclose(area(2), 12.56, rel_tol=0.001)", "assert add(1, 2) == 3",
+                         "assert Solution().two_sum([2, 7], 9) == [0, 1]", "assert list(map(square, [1, 2])) == [1, 4]",
+                         "assert is_prime(7)", "assert not is_prime(8)", "assert word(3).startswith('ab')"))
+    assert plan.calls == ("sort_it(xs)", "area(2)", "add(1, 2)", "Solution().two_sum([2, 7], 9)",
+                          "list(map(square, [1, 2]))", "is_prime(7)", "is_prime(8)", "word(3)")
+    assert plan.program_setup == ("import math", "xs = [3, 1]")  # `expected` stays with the judge
+    assert "expected = [1, 3]" in plan.judge_setup
+    assert [check.kind for check in plan.checks] == ["judge", "judge", "equals", "equals", "equals", "truthy",
+                                                     "falsy", "judge"]
+    assert plan.checks[2].literal == 3 and plan.checks[-1].condition == "_r1lab_value_7.startswith('ab')"
+    sent_to_program = " ".join(plan.calls + plan.program_setup)
+    for expected in ("12.56", "[1, 3]", "[0, 1]", "[1, 4]", "'ab'"):
+        assert expected not in sent_to_program
+
+
+@pytest.mark.parametrize("tests,why", [
+    (["assert all(f(i) == i for i in range(3))"], "one assert per input"),
+    (["assert sum([1, 2]) == 3"], "does not call the solution"),
+    (["def check(candidate):\n    assert candidate(1) == 2", "check(f)"], "not supported"),
+    (["x = f(3)", "assert x == 9"], "assignments in tests may hold values only"),
+    (["assert f(1) =="], "not valid Python"),
+])
+def test_tests_the_judge_cannot_split_are_refused_when_read(tests, why):
+    with pytest.raises(ValueError, match=why):
+        parse_tests({"tests": tests})
 
 
 # --- the "code" verifier and reward: a table of programs ---
 
+ADD_COMPLETION = "<think>easy</think><answer>def add(a, b):\n    return a + b</answer>"
 ADD_ASSERTS = {"verifier": "code", "answer": "", "tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]}
 DOUBLE_IO = {"verifier": "code", "answer": "", "timeout_s": 1.5, "tests": [{"input": "21\n", "output": "42\n"},
-                                                          {"input": "5\n", "output": "10"}]}
+                                                                          {"input": "5\n", "output": "10"}]}
 APPS_STYLE = {"verifier": "code", "answer": "", "tests": '{"inputs": ["1 2\\n", "3 4\\n"], "outputs": ["3", "7"]}'}
+MBPP_STYLE = {"verifier": "code", "answer": "", "tests": [
+    "import math", "assert math.isclose(area(2), 12.56, rel_tol=0.001)",
+    "assert set(common([1, 2, 3], [2, 3, 4])) == set((2, 3))", "assert sorted(common([5], [5])) == [5]"]}
+CLASS_STYLE = {"verifier": "code", "answer": "", "tests": "assert Solution().two_sum([2, 7, 11], 9) == [0, 1]"}
 
 CODE_TABLE = [
     # (example, answer text, expected)
     (ADD_ASSERTS, "def add(a, b):\n    return a + b", True),  # correct, bare
     (ADD_ASSERTS, "Here it is:\n```python\ndef add(x, y):\n    return sum([x, y])\n```", True),  # fenced, other code
     (ADD_ASSERTS, "```py\nadd = lambda a, b: b + a\n```", True),  # equivalent, differently written
+    (ADD_ASSERTS, "def add(a, b):\n    print('thinking...')\n    return a + b", True),  # prints do not matter
+    (ADD_ASSERTS, "import numpy\ndef add(a, b):\n    return numpy.int64(a) + b", True),  # a numpy scalar is a number
     (ADD_ASSERTS, "def add(a, b):\n    return a - b", False),  # wrong
+    (ADD_ASSERTS, "def add(a, b):\n    return float(a + b) if a > 0 else None", False),  # right once only
     (ADD_ASSERTS, "def add(a, b)\n    return a + b", False),  # malformed: syntax error
     (ADD_ASSERTS, "   ", False),  # malformed: empty
-    (ADD_ASSERTS, "import sys\nsys.exit(0)", False),  # exits before the asserts: a reward hack, refused
+    (ADD_ASSERTS, "import sys\nsys.exit(0)", False),  # exits before the tests: a reward hack, refused
     (ADD_ASSERTS, "import os\nos._exit(0)", False),
+    (ADD_ASSERTS, "def add(a, b):\n    return a + b\nraise SystemExit(0)", False),  # stops before the tests
+    (MBPP_STYLE, "def area(r):\n    return 3.14 * r * r\ndef common(a, b):\n    return [x for x in a if x in b]",
+     True),  # conditions judged in a sandbox of their own
+    (MBPP_STYLE, "def area(r):\n    return 3 * r * r\ndef common(a, b):\n    return [x for x in a if x in b]", False),
+    (CLASS_STYLE, "class Solution:\n    def two_sum(self, xs, t):\n        seen = {}\n        for i, x in "
+                  "enumerate(xs):\n            if t - x in seen:\n                return [seen[t - x], i]\n"
+                  "            seen[x] = i", True),
+    (CLASS_STYLE, "class Solution:\n    def two_sum(self, xs, t):\n        return (0, 1)", False),  # a tuple
     (DOUBLE_IO, "print(int(input()) * 2)", True),  # correct stdin/stdout
     (DOUBLE_IO, "```python\nn = int(input())\nprint(n + n, end='  \\n\\n')\n```", True),  # spacing differs: fine
     (DOUBLE_IO, "print(int(input()) * 3)", False),  # wrong
@@ -193,12 +274,14 @@ CODE_TABLE = [
 ]
 
 
+@needs_bwrap
 @pytest.mark.parametrize("example,answer,expected", CODE_TABLE)
-def test_code_verifier_table(example, answer, expected):
+def test_code_verifier_table(example, answer, expected, default_isolation):
     assert verify(answer, example) is expected
 
 
-def test_code_reward_reads_the_program_from_the_completion():
+@needs_bwrap
+def test_code_reward_reads_the_program_from_the_completion(default_isolation):
     fenced = "<think>easy</think>\n```python\ndef add(a, b):\n    return a + b\n```\n<answer>see above</answer>"
     tagged = "<think>easy</think><answer>def add(a, b):\n    return a + b</answer>"
     assert code_reward(fenced, ADD_ASSERTS) == 1.0 and code_reward(tagged, ADD_ASSERTS) == 1.0
@@ -206,13 +289,16 @@ def test_code_reward_reads_the_program_from_the_completion():
     assert code_reward("no tests here", {"prompt": "x", "answer": "1"}) is None
 
 
-def test_code_helpers():
+@needs_bwrap
+def test_code_helpers(default_isolation):
     assert extract_program("```js\nx\n```\n```python\nprint(1)\n```") == "print(1)"
     assert extract_program("print(2)") == "print(2)" and extract_program("") is None
-    assert parse_tests({"tests": "assert True"}) == (["assert True"], [])
+    assert parse_tests({"tests": "assert f() == 1"}) == (["assert f() == 1"], [])
     with pytest.raises(ValueError, match="tests"):
         parse_tests({"tests": []})
     with pytest.raises(ValueError, match="inputs"):
         parse_tests({"tests": {"inputs": ["1"]}})
     result = run_tests("print(1)", {"tests": [{"input": "", "output": "1"}, {"input": "", "output": "2"}]})
     assert (result.passed, result.total) == (1, 2) and "wrong output" in result.detail
+    wrong = run_tests("def add(a, b):\n    return 7", ADD_ASSERTS)
+    assert wrong.detail == "asserts: assert add(1, 2) == 3: got 7"

@@ -1,8 +1,10 @@
 """The "code" reward: the completion's program runs against the example's tests in the sandbox.
 
-The tests, their formats and the runner belong to the "code" verifier (``r1lab.tasks.verifiers_code``); this reward
-differs only in where it finds the program: the last fenced Python block anywhere in the completion (also in the
-reasoning), else the content of the answer tags.
+The tests, their formats and the judge, which decides outside the program's process, belong to the "code" verifier
+(``r1lab.tasks.verifiers_code``); this reward differs only in where it finds the program: the last fenced Python
+block anywhere in the completion (also in the reasoning), else the content of the answer tags. Where the sandbox has
+no bwrap and the weak guard was not chosen, it raises `r1lab.sandbox.SandboxUnavailable` rather than score: call
+`r1lab.sandbox.sandbox_isolation()` at the start of a run to fail there (README, "The code sandbox").
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import re
 
 from r1lab.rewards.registry import register_reward
 # extract_answer belongs to the tasks (their metrics read answers too); imported from here as well.
-from r1lab.tasks.verifiers import ANSWER_CLOSE, ANSWER_OPEN, extract_answer, verify
+from r1lab.tasks.verifiers import ANSWER_CLOSE, ANSWER_OPEN, SCORED_WITHOUT_REFERENCE, extract_answer, verify
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -20,10 +20,12 @@ _STRICT_FORMAT = re.compile(rf"\s*<think>{_NO_TAG}</think>\s*<answer>{_NO_TAG}</
 
 @register_reward("accuracy")
 def accuracy_reward(completion: str, example: dict) -> float | None:
-    """1.0 when the last answer block passes the example's verifier, else 0.0; None without a reference."""
-    if example.get("answer") is None:
+    """1.0 when the response's answer passes the example's verifier, else 0.0. The answer is the last <answer>
+    block, else the last \\boxed{…}, unless the example's answer_format is "tags" (``extract_answer``). None
+    without a reference, except for verifiers that judge answers on their own (reasoning-gym's scorers)."""
+    if example.get("answer") is None and example.get("verifier") not in SCORED_WITHOUT_REFERENCE:
         return None
-    return 1.0 if verify(extract_answer(completion), example) else 0.0
+    return 1.0 if verify(extract_answer(completion, example), example) else 0.0
 
 
 @register_reward("format")

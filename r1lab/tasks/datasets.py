@@ -7,19 +7,30 @@
 
 Files: .jsonl / .json are read with the standard library (nested fields such as code tests stay as they are);
 .csv and .parquet through the `datasets` loaders; anything else that is not a file is a hub id (needs the network
-once, then the `datasets` cache). Every problem names the file or dataset, the row and the column.
+once, then the `datasets` cache). Every problem names the file or dataset, the row and the column; text files that
+are not UTF-8 and CSV rows with a stray quote (which pandas would silently merge or report without the file) are
+named by file and line first.
+
+``answer_format`` (an option of both tasks, stamped on every example): "tags_or_boxed" (default) reads a response's
+answer from its last <answer>…</answer>, else its last \\boxed{…}; "tags" demands the tags
+(``r1lab.tasks.verifiers.extract_answer``).
+
+A reasoning-gym problem without a single reference answer (``propositional_logic``: any valid formula) keeps
+``answer: None``; its own scorer decides.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from r1lab.jsonl_files import DataFileError, utf8_lines
 from r1lab.tasks.splits import check_split, check_test_fraction, held_out_split, split_rng
-from r1lab.tasks.verifiers import VERIFIERS, verify
+from r1lab.tasks.verifiers import ANSWER_FORMATS, VERIFIERS, check_answer_format, verify
 
 _FILE_LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -45,6 +56,8 @@ def read_table(path: str, *, split: str = "train", config: str | None = None,
         if suffix in (".jsonl", ".json"):
             rows = _read_json_rows(path, max_rows)
         else:
+            if suffix == ".csv":
+                check_csv(path)
             table = _datasets().load_dataset(_FILE_LOADERS[suffix], data_files=path, split="train")
             rows = [dict(row) for row in (table.select(range(min(max_rows, len(table)))) if max_rows else table)]
         return rows, path
@@ -61,14 +74,39 @@ def read_table(path: str, *, split: str = "train", config: str | None = None,
     return [dict(row) for row in table], where
 
 
+def check_csv(path: str) -> None:
+    """A ``DataFileError`` naming the file, line and row of the first CSV record that is not UTF-8 or has a quote out
+    of place (``"a"b`` or a quote never closed): the `datasets` loader (pandas) would merge such a field into its
+    neighbours without a word, or fail naming neither the file nor the line."""
+    reader = csv.reader((text for _, text in utf8_lines(path)), strict=True)
+    record_start = 1  # the line the record being read starts on (a quoted field may span lines)
+    row = 0  # data rows read, as DatasetTask counts them (the header is row 0)
+    try:
+        for record in reader:
+            record_start = reader.line_num + 1
+            row += bool(record)  # blank lines are no rows (pandas skips them too)
+    except csv.Error as error:
+        quoting = "expected after" in str(error) or "end of data" in str(error)
+        reason = ("a quoted field is never closed" if "end of data" in str(error)
+                  else "a quote in the middle of a field" if quoting else str(error))
+        hint = ('; in CSV a field with a quote must be quoted whole, with every quote inside it doubled: '
+                '"say ""hi"""' if quoting else "")
+        raise DataFileError(f"{path}:{record_start}: {f'row {row}' if row else 'the header'}: {reason}{hint}") \
+            from None
+
+
 def _read_json_rows(path: str, max_rows: int) -> list[dict]:
-    with open(path, encoding="utf-8") as file:
-        text = file.read()
+    lines = [line for _, line in utf8_lines(path)]
+    text = "".join(lines)
     if path.lower().endswith(".json") and text.lstrip().startswith("["):  # one JSON array of rows
-        rows = json.loads(text)
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataFileError(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})") \
+                from None
     else:
         rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(lines, start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -98,6 +136,7 @@ class DatasetTask:
     test_fraction: float = 0.1  # share of prompts held out when there is no separate test data
     max_rows: int = 0  # read at most this many rows per split (0: all)
     check_references: bool = True  # every reference must pass its own verifier (catches a wrong column mapping)
+    answer_format: str = "tags_or_boxed"  # where a response's answer is read: tags_or_boxed, or tags only
 
     name: ClassVar[str] = "dataset"
     styles: ClassVar[tuple[str, ...]] = ()
@@ -106,6 +145,7 @@ class DatasetTask:
     def __post_init__(self) -> None:
         if self.verifier not in VERIFIERS:
             raise ValueError(f"unknown verifier {self.verifier!r}; known verifiers: {', '.join(sorted(VERIFIERS))}")
+        check_answer_format(self.answer_format)
         check_test_fraction(self.test_fraction)
         separate = self.test_path is not None or self.test_split is not None
         test = self._load(self.test_path or self.path, self.test_split or self.split) if separate else None
@@ -144,9 +184,13 @@ class DatasetTask:
         if missing:
             raise ValueError(f"{at}: no column {missing[0]!r}; columns: {', '.join(sorted(row))}")
         example = {**row, **{key: row[column] for key, column in self.fields.items()},
-                   "prompt": prompt, "answer": answer, "verifier": row.get("verifier") or self.verifier}
+                   "prompt": prompt, "answer": answer, "verifier": row.get("verifier") or self.verifier,
+                   "answer_format": row.get("answer_format") or self.answer_format}
         if example["verifier"] not in VERIFIERS:
             raise ValueError(f"{at}: unknown verifier {example['verifier']!r}; known: {', '.join(sorted(VERIFIERS))}")
+        if example["answer_format"] not in ANSWER_FORMATS:
+            raise ValueError(f"{at}: unknown answer_format {example['answer_format']!r}; known: "
+                             f"{', '.join(ANSWER_FORMATS)}")
         if self.check_references and answer:
             try:
                 accepted = verify(answer, example)
@@ -208,12 +252,14 @@ class ReasoningGymTask:
     options: dict = field(default_factory=dict)  # the dataset's config, e.g. {"max_terms": 3}
     test_size: int = 200  # held-out problems, generated with their own seed; train drops any with the same question
     seed: int = 0  # generation seed of the held-out set (training sets derive theirs from the call's seed)
+    answer_format: str = "tags_or_boxed"  # where a response's answer is read: tags_or_boxed, or tags only
 
     styles: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         if self.test_size < 1:
             raise ValueError(f"test_size must be at least 1, got {self.test_size}")
+        check_answer_format(self.answer_format)
         try:
             _scorer(self.name, self.options)
         except ImportError:
@@ -224,10 +270,15 @@ class ReasoningGymTask:
         self._test_questions = {example["prompt"] for example in self._test}
 
     def _generate(self, size: int, seed: int) -> list[dict]:
+        """Problems as examples; one without a single right answer (``entry["answer"]`` None, as in
+        ``propositional_logic``) keeps ``answer: None`` rather than the text "None": reasoning-gym's scorer judges
+        its answers on its own."""
         dataset = _reasoning_gym().create_dataset(self.name, size=size, seed=seed, **self.options)
-        return [{"prompt": entry["question"], "answer": str(entry["answer"]), "verifier": "reasoning_gym",
-                 "task": "reasoning_gym", "rg_dataset": self.name, "rg_options": dict(self.options),
-                 "rg_entry": entry} for entry in (dataset[i] for i in range(size))]
+        return [{"prompt": entry["question"],
+                 "answer": None if entry.get("answer") is None else str(entry["answer"]),
+                 "verifier": "reasoning_gym", "answer_format": self.answer_format, "task": "reasoning_gym",
+                 "rg_dataset": self.name, "rg_options": dict(self.options), "rg_entry": entry}
+                for entry in (dataset[i] for i in range(size))]
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[dict]:
         check_split(split)

@@ -16,7 +16,7 @@ from statistics import fmean
 from typing import Literal
 
 from r1lab.checkpoint import atomic_write_json
-from r1lab.config import doc
+from r1lab.config import Problem, at_least, doc, raise_problems, within
 from r1lab.engine import SamplingParams
 from r1lab.generation import Generator, sample_and_score
 from r1lab.stage import Stage, StageOutput
@@ -40,6 +40,14 @@ class CheckGateConfig:
     min_no_precision: float = doc(0.5, "Fail when fewer of the 'no' marks than this are on real misses.")
     on_fail: Literal["warn", "stop"] = doc("warn", "warn: log and go on; stop: end the run with an error.")
     eval: bool = doc(False, "Also run the task evaluation (the model is unchanged; its row is the previous one's).")
+
+    def __post_init__(self):
+        raise_problems(self.problems())
+
+    def problems(self) -> list[Problem]:
+        return [*at_least(self, 1, "num_problems", "k", "max_new_tokens"),
+                *at_least(self, 0, "temperature", why=" (0: greedy)"), *within(self, "top_p", 0, 1, open_low=True),
+                *within(self, "min_ok_precision", 0, 1), *within(self, "min_no_precision", 0, 1)]
 
 
 def gate_failures(report: dict, cfg: CheckGateConfig) -> list[str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from r1lab.config import doc
+from r1lab.config import Problem, at_least, doc
 from r1lab.data.cold_start import cold_start_from_outputs, few_shot_long_cot
 from r1lab.data.jsonl import read_sft_examples
 from r1lab.data.rejection import ReadabilityFilters, rejection_sample
@@ -45,10 +45,15 @@ class ColdStartConfig(DataSamplingConfig):
     filters: ReadabilityFilters = doc(ReadabilityFilters(), "Readability filters and deduplication.")
 
     def __post_init__(self):
-        if min(self.num_prompts, self.few_shot_prompts, self.written_rows) < 0 or self.samples_per_prompt < 1:
-            raise ValueError("num_prompts, few_shot_prompts and written_rows must be >= 0, samples_per_prompt >= 1")
+        self.check()
+
+    def problems(self) -> list[Problem]:
+        found = [*super().problems(), *at_least(self, 0, "few_shot_prompts", "written_rows", "few_shot_k"),
+                 *at_least(self, 1, "few_shot_samples")]
         if self.few_shot_prompts and not self.few_shot_from:
-            raise ValueError("few_shot_prompts needs few_shot_from: the model to prompt (e.g. the base stage)")
+            found.append(Problem("few_shot_from", self.few_shot_from, f"few_shot_prompts ({self.few_shot_prompts}) "
+                                 f"needs few_shot_from: the model to prompt (e.g. the base stage)"))
+        return found
 
 
 def run_stage(cfg: ColdStartConfig, stage: Stage) -> StageOutput:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from r1lab.config import doc
+from r1lab.config import Problem, doc, positive
 from r1lab.data.jsonl import read_preference_pairs
 from r1lab.encoding import EncodedPair, encode_pairs
 from r1lab.logprobs import completion_logprobs, make_batch
@@ -46,8 +46,9 @@ class DPOConfig(PairDataConfig):
 
     def __post_init__(self):
         self.check()
-        if self.beta <= 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
+
+    def problems(self) -> list[Problem]:
+        return [*super().problems(), *positive(self, "beta")]
 
 
 def pair_logprobs(model, pairs: list[EncodedPair], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,10 +28,11 @@ from typing import Literal
 import torch
 
 from r1lab.advantages import group_advantages, zero_spread_groups
-from r1lab.config import doc
+from r1lab.config import Problem, at_least, doc, positive
 from r1lab.losses import grpo_loss
-from r1lab.rollout import (OnlineRLConfig, add_stats, concat_rollouts, draw_rollout, finish_step, rollout_metrics,
-                           select_groups, start_online_rl, step_seeds, warn_if_truncated)
+from r1lab.rollout import (OnlineRLConfig, add_stats, check_reward_errors, concat_rollouts, draw_rollout,
+                           finish_step, rollout_metrics, select_groups, start_online_rl, step_seeds,
+                           warn_if_truncated)
 from r1lab.stage import Stage, StageOutput
 
 
@@ -55,10 +56,19 @@ class GRPOConfig(OnlineRLConfig):
 
     def __post_init__(self):
         self.check()
-        if self.group_size < 2:
-            raise ValueError("group_size must be at least 2: GRPO's advantage compares completions of one prompt")
-        if self.prompts_per_step * self.group_size % self.minibatches:
-            raise ValueError("prompts_per_step × group_size must be divisible by minibatches")
+
+    def problems(self) -> list[Problem]:
+        found = [*super().problems(),
+                 *at_least(self, 2, "group_size", why=": GRPO's advantage compares completions of one prompt"),
+                 *at_least(self, 1, "updates_per_rollout", "minibatches"),
+                 *at_least(self, 0, "micro_batch_size", "kl_coef", "ref_reset_every", "dynamic_sampling_rounds"),
+                 *positive(self, "clip_eps")]
+        if self.clip_eps_high is not None and self.clip_eps_high <= 0:
+            found.append(Problem("clip_eps_high", self.clip_eps_high, "must be > 0 (or empty: equal to clip_eps)"))
+        if self.minibatches >= 1 and self.prompts_per_step * self.group_size % self.minibatches:
+            found.append(Problem("minibatches", self.minibatches, f"must divide prompts_per_step × group_size "
+                                                                  f"({self.prompts_per_step * self.group_size})"))
+        return found
 
 
 def train(cfg: GRPOConfig, stage: Stage) -> StageOutput:
@@ -90,6 +100,7 @@ def train(cfg: GRPOConfig, stage: Stage) -> StageOutput:
         if cfg.dynamic_sampling:
             metrics["dynamic_sampling/rounds"] = rounds
         warn_if_truncated(stage, cfg, step, metrics)
+        check_reward_errors(stage, step, rollout.scores)
 
         # 3. group-normalised advantages: one value per completion, broadcast over its tokens
         advantages = group_advantages(rollout.rewards, cfg.group_size, scale_by_std=cfg.scale_rewards_by_std)

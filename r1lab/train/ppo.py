@@ -39,10 +39,10 @@ import torch
 
 from r1lab.advantages import adaptive_kl_coef, ppo_advantages
 from r1lab.checkpoint import atomic_dir
-from r1lab.config import doc
+from r1lab.config import Problem, at_least, doc, positive
 from r1lab.losses import kl_penalty, masked_mean, ppo_policy_loss, value_loss
-from r1lab.rollout import (OnlineRLConfig, add_stats, draw_rollout, finish_step, rollout_metrics,
-                           start_online_rl, step_seeds, warn_if_truncated)
+from r1lab.rollout import (OnlineRLConfig, add_stats, check_reward_errors, draw_rollout, finish_step,
+                           rollout_metrics, start_online_rl, step_seeds, warn_if_truncated)
 from r1lab.stage import Stage, StageOutput
 from r1lab.value_model import HEAD_FILE, init_value_model
 
@@ -77,15 +77,20 @@ class PPOConfig(OnlineRLConfig):
 
     def __post_init__(self):
         self.check()
-        if self.group_size < 1:
-            raise ValueError("group_size must be at least 1")
-        if self.minibatches < 1 or self.updates_per_rollout < 1:
-            raise ValueError("minibatches and updates_per_rollout must be at least 1")
-        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
-            raise ValueError(f"gamma and lam must lie in [0, 1], got {self.gamma} and {self.lam}")
+
+    def problems(self) -> list[Problem]:
+        found = [*super().problems(), *at_least(self, 1, "group_size", "minibatches", "updates_per_rollout"),
+                 *at_least(self, 0, "micro_batch_size", "value_coef", "value_clip", "kl_coef"),
+                 *positive(self, "value_lr", "clip_eps", "kl_horizon"),
+                 *[Problem(name, getattr(self, name), "gamma and lam must lie in [0, 1]")
+                   for name in ("gamma", "lam") if not 0 <= getattr(self, name) <= 1]]
+        if self.clip_eps_high is not None and self.clip_eps_high <= 0:
+            found.append(Problem("clip_eps_high", self.clip_eps_high, "must be > 0 (or empty: equal to clip_eps)"))
         if self.target_kl is not None and (self.kl_coef <= 0 or self.target_kl <= 0):
-            raise ValueError("an adaptive KL coefficient (target_kl) needs kl_coef > 0 and target_kl > 0: "
-                             "it multiplies β, so β = 0 would stay 0")
+            found.append(Problem("target_kl", self.target_kl, f"an adaptive KL coefficient (target_kl) needs "
+                                 f"kl_coef > 0 (it is {self.kl_coef}) and target_kl > 0: it multiplies β, so β = 0 "
+                                 f"would stay 0"))
+        return found
 
 
 # --- the trainer ------------------------------------------------------------------------------------------------
@@ -120,6 +125,7 @@ def train(cfg: PPOConfig, stage: Stage) -> StageOutput:
         rollout = draw_rollout(generator, stage, cfg, pool, draws, sample_seed, pad_id)
         metrics = rollout_metrics(rollout, prompt_task)
         warn_if_truncated(stage, cfg, step, metrics)
+        check_reward_errors(stage, step, rollout.scores)
         batch = rollout.batch.to(policy.device)
         mask = batch.completion_mask  # (B, C)
         size = len(rollout.generations)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from r1lab.config import doc
+from r1lab.config import Problem, at_least, doc
 from r1lab.generation import DataSamplingConfig, sample_and_score
 from r1lab.rewards import extract_answer
 from r1lab.tasks import verify
@@ -36,11 +36,19 @@ class PreferencePairsConfig(DataSamplingConfig):
     output: str = doc("pairs.jsonl", "File name of the pairs inside the stage folder.")
 
     def __post_init__(self):
-        if min(self.num_prompts, self.domain_pairs) < 0 or self.samples_per_prompt < 2 or self.pairs_per_prompt < 1:
-            raise ValueError("num_prompts and domain_pairs must be >= 0, samples_per_prompt >= 2, "
-                             "pairs_per_prompt >= 1")
+        self.check()
+
+    def problems(self) -> list[Problem]:
+        found = [*super().problems(), *at_least(self, 0, "domain_pairs"),
+                 *at_least(self, 2, "samples_per_prompt", why=": a pair needs two completions of a prompt"),
+                 *at_least(self, 1, "pairs_per_prompt")]
+        if self.num_prompts and self.temperature <= 0:  # greedy samples of a prompt are all the same: no pair
+            found.append(Problem("temperature", self.temperature, "must be > 0: greedy completions of a prompt are "
+                                                                  "identical, so none is preferred to another"))
         if not self.num_prompts and not self.domain_pairs:
-            raise ValueError("set num_prompts or domain_pairs: this stage would write no pair")
+            found.append(Problem("num_prompts", self.num_prompts, "set num_prompts or domain_pairs: this stage would "
+                                                                  "write no pair"))
+        return found
 
 
 def pairs_from_samples(examples: list[dict], groups: list[list[str]], pairs_per_prompt: int,

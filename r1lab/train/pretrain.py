@@ -5,7 +5,11 @@ answers. A model trained on it has partial skill and an imperfect format, like a
 something to sharpen (the base pass rate should start around 0.1–0.6: RL sharpens what a model can already sometimes do,
 DeepSeek-R1 arXiv 2501.12948 §4).
 
-The result is cached by a hash of everything that determines it, so the demo and the tests build it once.
+The result is cached by a hash of everything that determines it, so the demo and the tests build it once. One process
+builds a given entry at a time (a lock per cache key: another run needing the same base waits, then reuses it); each
+entry carries the sha256 of its files (``sha256.json``), checked before it is reused, so a damaged entry is built
+again; and the stage copies the entry into its own folder (``<run>/<stage>/model``), so a run keeps the base it
+used whatever happens to the cache (README, "Locks and the run record").
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from r1lab.config import doc, to_dict
-from r1lab.models import build_tiny_model, build_tiny_tokenizer, count_parameters, save_model
+from r1lab.checkpoint import atomic_dir
+from r1lab.config import Problem, adam_betas_problems, at_least, doc, positive, raise_problems, to_dict
+from r1lab.locks import wait_for_lock
+from r1lab.models import build_tiny_model, build_tiny_tokenizer, count_parameters, save_weights, write_tokenizer
 from r1lab.policy import OptimizerSettings, Policy, warmup_then_decay
 from r1lab.stage import Stage, StageOutput
 from r1lab.templates import PromptTemplate
@@ -30,6 +38,7 @@ from r1lab.templates import PromptTemplate
 log = logging.getLogger("r1lab")
 
 CACHE_VERSION = 1  # bump when the corpus or model code changes what a given config produces
+MANIFEST = "sha256.json"  # in a built base model: {"files": {relative path: sha256}} of every other file
 
 
 @dataclass
@@ -51,6 +60,20 @@ class PretrainConfig:
     cache: bool = doc(True, "Reuse a base model already built with the same settings (in cache_dir).")
     cache_dir: str = doc("", "Where built base models are kept (empty: $R1LAB_CACHE or ~/.cache/r1lab).")
     eval: bool = doc(True, "Evaluate the base model on the held-out split after building it.")
+
+    def __post_init__(self):
+        raise_problems(self.problems())
+
+    def problems(self) -> list[Problem]:
+        found = [*at_least(self, 1, "hidden_size", "num_layers", "num_heads", "intermediate_size", "corpus_problems",
+                           "steps", "batch_size"),
+                 *at_least(self, 2, "block_size", why=": a token and the next one it predicts"),
+                 *at_least(self, 0, "warmup_steps", "weight_decay"), *positive(self, "lr"), *adam_betas_problems(self)]
+        if self.num_heads >= 1 and self.hidden_size % self.num_heads:
+            found.append(Problem("num_heads", self.num_heads, f"must divide hidden_size ({self.hidden_size})"))
+        if any(weight < 0 for weight in self.styles.values()) or (self.styles and not sum(self.styles.values()) > 0):
+            found.append(Problem("styles", self.styles, "weights must be >= 0 with at least one > 0"))
+        return found
 
 
 def default_cache_dir() -> Path:
@@ -104,15 +127,33 @@ def cache_key(cfg: PretrainConfig, task_spec: dict, template_spec: dict, seed: i
 
 
 def pretrain(cfg: PretrainConfig, *, task, task_spec: dict, template, template_spec: dict, seed: int,
-             log_metrics=None, progress=None) -> Path:
-    """Build (or reuse from the cache) the tiny base model; returns the checkpoint folder."""
+             log_metrics=None, progress=None, copy_to: Path | None = None,
+             warn: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None) -> Path:
+    """Build (or reuse from the cache) the tiny base model; returns its folder: ``copy_to`` when given (a copy of the
+    cache entry, made while the entry is locked), else the cache entry. ``warn``: told when a damaged entry is
+    built again; ``note``: told when this process waits for another one building the same entry."""
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     key = cache_key(cfg, task_spec, template_spec, seed)
     cached = cache_root / "tiny-base" / key
-    if cfg.cache and (cached / "config.json").is_file():
-        log.info("reusing the cached tiny base model %s", cached)
-        return cached
+    waiting = f"waiting for another process that is building the same base model ({cached})"
+    with wait_for_lock(cached.with_name(f"{key}.lock"), on_wait=lambda: (note or log.info)(waiting)):
+        damage = model_folder_damage(cached) if cached.exists() else None
+        if cfg.cache and cached.exists() and damage is None:
+            log.info("reusing the cached tiny base model %s", cached)
+        else:
+            if cfg.cache and damage is not None:
+                (warn or log.warning)(f"the cached base model {cached} {damage}; building it again")
+            build_base_model(cfg, task=task, template=template, seed=seed, key=key, folder=cached,
+                             log_metrics=log_metrics, progress=progress)
+        if copy_to is None:
+            return cached
+        copy_model_folder(cached, Path(copy_to))
+    return Path(copy_to)
 
+
+def build_base_model(cfg: PretrainConfig, *, task, template, seed: int, key: str, folder: Path, log_metrics=None,
+                     progress=None) -> None:
+    """Pretrain the tiny base model from scratch and save it to ``folder`` (atomically, with its ``sha256.json``)."""
     torch.manual_seed(seed)
     tokenizer = build_tiny_tokenizer(tokenizer_words(task, cfg))
     model = build_tiny_model(tokenizer, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
@@ -150,14 +191,60 @@ def pretrain(cfg: PretrainConfig, *, task, task_spec: dict, template, template_s
                                    "elapsed_seconds": round(time.time() - start, 1)})
             if progress:
                 progress(step + 1, cfg.steps, f"loss {loss.item():.3f}")
-    save_model(model, tokenizer, cached, extra={"built_by": "r1lab pretrain", "cache_key": key,
-                                                "seconds": round(time.time() - start, 1)})
-    return cached
+    with atomic_dir(folder) as tmp:  # the manifest is in the folder from the moment it has its name
+        save_weights(model, tmp)
+        write_tokenizer(tokenizer, tmp)
+        (tmp / "r1lab.json").write_text(json.dumps({"built_by": "r1lab pretrain", "cache_key": key,
+                                                    "seconds": round(time.time() - start, 1)}, indent=2))
+        (tmp / MANIFEST).write_text(json.dumps({"files": file_hashes(tmp)}, indent=2, sort_keys=True))
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file in ``folder`` (subfolders too) but the manifest, by path relative to it."""
+    hashes = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            hashes[path.relative_to(folder).as_posix()] = digest.hexdigest()
+    return hashes
+
+
+def model_folder_damage(folder: Path) -> str | None:
+    """None when every file ``sha256.json`` lists is there with its hash (model.safetensors among them), else what
+    is wrong, in words."""
+    try:
+        listed = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"has no readable {MANIFEST} (built before r1lab kept one, or damaged), so it cannot be verified"
+    if "model.safetensors" not in listed:
+        return f"lists no model.safetensors in its {MANIFEST}"
+    found = file_hashes(folder)
+    for name, digest in listed.items():
+        if name not in found:
+            return f"has lost {name}"
+        if found[name] != digest:
+            return f"has a damaged {name} (its sha256 differs from the one written when it was built)"
+    return None
+
+
+def copy_model_folder(source: Path, target: Path) -> None:
+    """A copy of model folder ``source`` at ``target``, renamed into place (a kill leaves no half copy)."""
+    with atomic_dir(target) as tmp:
+        for path in sorted(source.rglob("*")):
+            if path.is_file():
+                (tmp / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, tmp / path.relative_to(source))
+
+
 
 
 def run_stage(cfg: PretrainConfig, stage: Stage) -> StageOutput:
-    """Pipeline entry point: build (or reuse) the tiny base for the run's task and template."""
+    """Pipeline entry point: build (or reuse) the tiny base for the run's task and template; the stage's output is
+    its copy in ``<stage>/model``, so the run folder holds the base model it used."""
     return StageOutput(model=str(pretrain(
         cfg, task=stage.task, task_spec=to_dict(stage.run.task), template=PromptTemplate(stage.run.template),
         template_spec=to_dict(stage.run.template), seed=stage.run.seed, log_metrics=stage.log_metrics,
-        progress=stage.progress)))
+        progress=stage.progress, copy_to=stage.folder / "model", warn=stage.warn, note=stage.log)))

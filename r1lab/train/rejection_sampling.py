@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from r1lab.config import doc
+from r1lab.config import Problem, at_least, doc
 from r1lab.data.domain import domain_examples
 from r1lab.data.rejection import ReadabilityFilters, rejection_sample
 from r1lab.generation import DataSamplingConfig
@@ -25,8 +25,10 @@ class RejectionSamplingConfig(DataSamplingConfig):
     add_domain_examples: int = doc(0, "Non-reasoning rows (writing/formatting tasks) added to the data set.")
 
     def __post_init__(self):
-        if self.num_prompts < 1 or self.samples_per_prompt < 1:
-            raise ValueError("num_prompts and samples_per_prompt must be at least 1")
+        self.check()
+
+    def problems(self) -> list[Problem]:
+        return [*super().problems(), *at_least(self, 1, "num_prompts"), *at_least(self, 0, "add_domain_examples")]
 
 
 def run_stage(cfg: RejectionSamplingConfig, stage: Stage) -> StageOutput:

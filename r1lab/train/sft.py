@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from r1lab.config import doc
+from r1lab.config import Problem, doc
 from r1lab.data.jsonl import read_sft_examples
 from r1lab.encoding import Encoded, encode_sft_examples
 from r1lab.logprobs import completion_logprobs, make_batch
@@ -49,9 +49,14 @@ class SFTConfig(FixedDataConfig):
 
     def __post_init__(self):
         self.check()
-        if self.micro_batch_tokens and self.micro_batch_tokens < self.max_length:
-            raise ValueError(f"micro_batch_tokens ({self.micro_batch_tokens}) must be at least max_length "
-                             f"({self.max_length}) so that the longest example fits in one micro-batch")
+
+    def problems(self) -> list[Problem]:
+        found = super().problems()
+        if self.micro_batch_tokens < 0 or (self.micro_batch_tokens and self.micro_batch_tokens < self.max_length):
+            found.append(Problem("micro_batch_tokens", self.micro_batch_tokens, f"must be 0 (the whole step at once) "
+                                 f"or at least max_length ({self.max_length}) so that the longest example fits in "
+                                 f"one micro-batch"))
+        return found
 
 
 # --- the loss over one step's examples ----------------------------------------------------------------------------
