@@ -123,11 +123,22 @@ def atomic_dir(path: str | Path):
         if is_disk_full(error):
             raise disk_full_error(path, error, action="save", intact=_what_is_intact(path)) from error
         raise
+    follow_umask(tmp)
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def follow_umask(folder: Path) -> None:
+    """Give ``folder`` and everything in it the permissions the user's umask gives new files: some writers
+    (safetensors) create weights readable by their owner only, and a model folder is meant to be shared."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for item in [folder, *folder.rglob("*")]:
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
@@ -12,15 +13,16 @@ from pathlib import Path
 import yaml
 
 from r1lab.checkpoint import DiskFullError
-from r1lab.config import ConfigError, describe_fields, render_fields
+from r1lab.config import ConfigError, describe_fields, render_fields, to_dict
 from r1lab.evaluate import evaluate_model
 from r1lab.generation import Generator
 from r1lab.models import load_model, resolve_device
-from r1lab.pipeline import STAGE_KINDS, run_recipe
+from r1lab.pipeline import STAGE_KINDS, load_recipe, run_recipe
 from r1lab.recipe import RunConfig
 from r1lab.report import check_run_folder, summary_problem, write_combined_report, write_report
-from r1lab.side_by_side import run_side_by_side
-from r1lab.tasks import get_task
+from r1lab.side_by_side import overrides_for, run_side_by_side
+from r1lab.stage import read_done
+from r1lab.tasks import TASKS, get_task
 from r1lab.templates import PromptTemplate, TemplateConfig
 
 
@@ -58,6 +60,15 @@ def help_config(kind: str = "") -> str:
     return "\n\n".join(parts)
 
 
+def resolved_recipe(path: str, overrides: list[str]) -> str:
+    """``r1lab run RECIPE --dry-run``: the recipe as it would run, every field of the run and of each stage with its
+    value (defaults filled in, overrides applied), after every check; as YAML that ``r1lab run`` reads back."""
+    run, stages = load_recipe(path, overrides)
+    resolved = {**to_dict(run), "stages": {name: to_dict(cfg) for name, cfg in stages.items()}}
+    return f"# {path}, resolved ({' '.join(overrides) or 'no overrides'}); nothing was run\n" + yaml.safe_dump(
+        resolved, sort_keys=False, allow_unicode=True)
+
+
 def cmd_run(args) -> int:
     if args.help_config is not None:
         print(help_config(args.help_config))
@@ -65,11 +76,14 @@ def cmd_run(args) -> int:
     recipes, overrides = split_run_arguments(args.items)
     if not recipes:
         raise ConfigError("r1lab run needs a recipe (a YAML file), e.g. r1lab run recipes/tiny/r1_zero.yaml")
+    if args.dry_run:
+        print("\n".join(resolved_recipe(recipe, overrides_for(recipe, overrides, recipes)) for recipe in recipes))
+        return 0
     if len(recipes) == 1 and (args.report or args.jobs):
         raise ConfigError("--report and --jobs are for several recipes run side by side")
     if len(recipes) > 1:
         return run_side_by_side(recipes, overrides, jobs=args.jobs, report_dir=args.report, quiet=args.quiet)
-    run_recipe(recipes[0], overrides, quiet=args.quiet)
+    run_recipe(recipes[0], overrides_for(recipes[0], overrides, recipes), quiet=args.quiet)
     return 0
 
 
@@ -91,6 +105,52 @@ def check_writable_file(path: Path, option: str) -> None:
                           f"path") from None
 
 
+# r1lab eval's options that a run's own settings fill in (option -> the run config's dotted key), and their
+# defaults when neither the command line nor a run gives them.
+EVAL_FROM_RUN = {"k": "eval.k", "num_problems": "eval.num_problems", "temperature": "eval.temperature",
+                 "top_p": "eval.top_p", "max_new_tokens": "eval.max_new_tokens", "seed": "eval.seed",
+                 "template": "template.kind", "prefill_think": "template.prefill_think", "dtype": "dtype"}
+EVAL_DEFAULTS = {"task": "arithmetic", "k": 4, "num_problems": 200, "temperature": 0.6, "top_p": 0.95,
+                 "max_new_tokens": 64, "seed": 1234, "template": "r1_zero", "prefill_think": False,
+                 "dtype": "float32"}
+
+
+def eval_settings(args) -> dict:
+    """What ``r1lab eval`` runs with: each option from the command line, else from the run given as ``target``
+    (its config.yaml: task, template, evaluation settings), else its default; and the model to evaluate: ``--model``,
+    else the target's model (a run: its last stage that produced one; ``runs/<run>/<stage>``: that stage's)."""
+    settings = {key: getattr(args, key) for key in [*EVAL_DEFAULTS, "model"]}
+    run_config, model = {}, None
+    target = Path(args.target) if args.target else None
+    if target is not None:
+        # a run folder has summary.json or metrics.jsonl; a stage folder (config.yaml, done.json) lies inside one
+        is_run = (target / "summary.json").is_file() or (target / "metrics.jsonl").is_file()
+        run_dir = target if is_run else target.parent
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"r1lab eval {target}: not a run folder or a stage of one (a run folder has "
+                              f"config.yaml); give a model with --model")
+        run_config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        stage_dirs = [target] if run_dir != target else [run_dir / name for name in run_config.get("stages", {})]
+        models = [read_done(folder / "done.json").get("model") for folder in stage_dirs
+                  if (folder / "done.json").is_file()]
+        model = next((m for m in reversed(models) if m), None)
+        if model is None and settings["model"] is None:
+            raise ConfigError(f"r1lab eval {target}: no finished stage there produced a model yet")
+    for option, dotted in EVAL_FROM_RUN.items():
+        if settings[option] is None:
+            section, _, key = dotted.rpartition(".")
+            value = (run_config.get(section) or {}).get(key) if section else run_config.get(key)
+            settings[option] = value if value is not None else EVAL_DEFAULTS[option]
+    if settings["task"] is None:
+        task_config = run_config.get("task") or {}
+        settings["task"] = task_config.get("name", EVAL_DEFAULTS["task"])
+        settings["task_options"] = {**(task_config.get("options") or {}), **settings.get("task_options", {})}
+    settings["model"] = settings["model"] or model
+    if not settings["model"]:
+        raise ConfigError("r1lab eval needs a model: --model PATH, or a run folder (runs/<name>[/<stage>])")
+    return settings
+
+
 def cmd_eval(args) -> int:
     if args.samples:  # before the model loads and the evaluation runs, not after
         check_writable_file(Path(args.samples), "--samples")
@@ -98,14 +158,18 @@ def cmd_eval(args) -> int:
     for item in args.task_option:
         key, _, value = item.partition("=")
         options[key] = yaml.safe_load(value)
-    task = get_task(args.task, **options)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=resolve_device(args.device))
-    template = PromptTemplate(TemplateConfig(kind=args.template, prefill_think=args.prefill_think), tokenizer)
+    task_from_run = args.task is None
+    s = eval_settings(args)
+    task = get_task(s["task"], **({**s.get("task_options", {}), **options} if task_from_run else options))
+    model, tokenizer = load_model(s["model"], dtype=s["dtype"], device=resolve_device(args.device))
+    template = PromptTemplate(TemplateConfig(kind=s["template"], prefill_think=s["prefill_think"]), tokenizer)
+    print(f"r1lab eval: {s['model']} on {s['num_problems']} held-out {s['task']} problems, k={s['k']}, "
+          f"T={s['temperature']}, top-p={s['top_p']}, max_new_tokens={s['max_new_tokens']}", file=sys.stderr)
     result = evaluate_model(Generator("transformers", model, tokenizer), task, template,
-                            num_problems=args.num_problems, k=args.k, temperature=args.temperature,
-                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                            num_problems=s["num_problems"], k=s["k"], temperature=s["temperature"],
+                            top_p=s["top_p"], max_new_tokens=s["max_new_tokens"], seed=s["seed"],
                             samples_path=Path(args.samples) if args.samples else None)
-    print(json.dumps(result, indent=2))
+    print(json.dumps({"model": s["model"], **result}, indent=2))
     return 0
 
 
@@ -126,9 +190,17 @@ def cmd_report(args) -> int:
     return 1 if problems else 0
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("r1lab")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1lab", description="DeepSeek-R1 style reasoning RL: recipes, "
                                      "evaluation and reports.")
+    parser.add_argument("--version", action="version", version=f"r1lab {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) a recipe: r1lab run RECIPE.yaml [key=value ...]; several "
@@ -138,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--help-config", nargs="?", const="", default=None, metavar="KIND",
                      help="list every recipe key with its type, default and doc, then exit; with a stage kind "
                           "(grpo, ppo, sft, ...) only that kind's keys")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the recipe and print it fully resolved (every field, defaults and overrides "
+                          "applied) as YAML, then exit without running anything")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument("--jobs", type=int, default=0,
                      help="several recipes: how many run at once, the CPU cores split between them (default: all)")
@@ -145,20 +220,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="several recipes: folder of the report over all of them (default: runs/<name>-<name>)")
     run.set_defaults(func=cmd_run)
 
-    ev = sub.add_parser("eval", help="R1-protocol evaluation of a checkpoint: pass@1 over k samples, cons@k")
-    ev.add_argument("--model", required=True, help="checkpoint folder or hub id")
-    ev.add_argument("--task", default="arithmetic")
-    ev.add_argument("--task-option", action="append", default=[], help="task option key=value (repeatable)")
-    ev.add_argument("--k", type=int, default=4)
-    ev.add_argument("--num-problems", type=int, default=200)
-    ev.add_argument("--temperature", type=float, default=0.6)
-    ev.add_argument("--top-p", type=float, default=0.95)
-    ev.add_argument("--max-new-tokens", type=int, default=64)
-    ev.add_argument("--seed", type=int, default=1234)
-    ev.add_argument("--template", default="r1_zero", choices=["r1_zero", "chat", "plain"])
-    ev.add_argument("--prefill-think", action="store_true")
-    ev.add_argument("--dtype", default="float32")
-    ev.add_argument("--device", default="auto")
+    ev = sub.add_parser("eval", help="R1-protocol evaluation of a checkpoint: pass@1 over k samples, cons@k",
+                        description="R1-protocol evaluation (DeepSeek-R1 arXiv 2501.12948 §3): k samples per "
+                                    "held-out problem at temperature 0.6 / top-p 0.95; prints pass@1, cons@k, "
+                                    "unbiased pass@k, format rate, lengths as JSON.")
+    ev.add_argument("target", nargs="?", default=None,
+                    help="a run folder (runs/<name>: its last model) or a stage of one (runs/<name>/<stage>): "
+                         "evaluated with the run's task, template and evaluation settings unless options say "
+                         "otherwise")
+    ev.add_argument("--model", default=None,
+                    help="checkpoint folder (e.g. runs/<run>/<stage>/final) or hub id; instead of a run")
+    ev.add_argument("--task", default=None, help=f"task: {', '.join(TASKS)} (default: the run's, else arithmetic)")
+    ev.add_argument("--task-option", action="append", default=[],
+                    help="task option key=value (repeatable), e.g. digits=2 or ops=+ (the options a recipe's "
+                         "task.options takes; with a run, added to the run's)")
+    ev.add_argument("--k", type=int, default=None, help="samples per problem (default: the run's, else 4)")
+    ev.add_argument("--num-problems", type=int, default=None, help="held-out problems (default: the run's, else 200)")
+    ev.add_argument("--temperature", type=float, default=None,
+                    help="sampling temperature, 0: greedy (default: the run's, else 0.6)")
+    ev.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: the run's, else 0.95)")
+    ev.add_argument("--max-new-tokens", type=int, default=None,
+                    help="longest completion (default: the run's, else 64)")
+    ev.add_argument("--seed", type=int, default=None,
+                    help="seed of the problem draw and the sampler (default: the run's, else 1234)")
+    ev.add_argument("--template", default=None, choices=["r1_zero", "chat", "plain"],
+                    help="how prompts are shown: r1_zero (base models), chat (instruct models), plain (default: "
+                         "the run's, else r1_zero)")
+    ev.add_argument("--prefill-think", action="store_true", default=None, help="start the response with <think>")
+    ev.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the run's, else float32)")
+    ev.add_argument("--device", default="auto", help="auto (cuda when present; the default), cpu, cuda, cuda:N")
     ev.add_argument("--samples", default="", help="write every sample with its score to this JSONL file")
     ev.set_defaults(func=cmd_eval)
 

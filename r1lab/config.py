@@ -379,6 +379,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, dict) and any(isinstance(k, str) and ":" in k and v is None for k, v in value.items()):
+            # "{accuracy:1.0}" is YAML for {"accuracy:1.0": null}: a colon starts a key only before a space
+            fixed = ", ".join(f"{k.rsplit(':', 1)[0]}: {k.rsplit(':', 1)[1]}" if v is None and ":" in str(k)
+                              else f"{k}: {v}" for k, v in value.items())
+            raise ConfigError(f"override '{item}': in YAML a colon needs a space after it; write "
+                              f"'{key}={{{fixed}}}' (quoted for the shell)")
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:

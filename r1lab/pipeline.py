@@ -11,6 +11,7 @@ resumes from its last checkpoint. The run folder holds ``config.yaml``, ``metric
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,8 +27,8 @@ from r1lab.models import load_model, resolve_device
 from r1lab.recipe import EvalConfig, RunConfig  # noqa: F401  (RunConfig is the recipe's type; re-exported)
 from r1lab.recipe_checks import check_recipe
 from r1lab.report import reward_error_totals, write_report
-from r1lab.run_record import (drop_log_lines, read_stage_record, record_differences, run_config_text, stage_record,
-                              write_stage_record)
+from r1lab.run_record import (MODEL_CARD, drop_log_lines, model_card, read_stage_record, record_differences,
+                              run_config_text, stage_record, write_stage_record)
 from r1lab.sandbox import SandboxUnavailable, sandbox_isolation
 from r1lab.stage import RunOutputs, Stage, StageOutput, checkpoint_step, read_done, set_threads
 from r1lab.tasks import get_task
@@ -102,11 +103,12 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     device = resolve_device(run.device)
     run_dir = Path(run.output_dir) / run.name
     with run_folder_lock(run_dir):
-        return _run_stages(path, run, stages, console, device, run_dir)
+        command = " ".join(["r1lab run", str(path), *overrides])
+        return _run_stages(path, run, stages, console, device, run_dir, command)
 
 
 def _run_stages(path: str | Path, run: RunConfig, stages: dict[str, Any], console: Console, device,
-                run_dir: Path) -> Path:
+                run_dir: Path, command: str) -> Path:
     """The body of ``run_recipe``, run while this process holds the run folder."""
     # What each stage runs with, taken before the stages resolve their references (reward_model:<stage> -> folder).
     records = {name: stage_record(run, name, cfg) for name, cfg in stages.items()}
@@ -176,7 +178,14 @@ def _run_stages(path: str | Path, run: RunConfig, stages: dict[str, Any], consol
         reward_errors = reward_error_totals(run_dir, name)
         if reward_errors:  # failed reward calls, summed over the stage's steps (also in the report)
             entry["reward_errors"] = reward_errors
+        if output.model and Path(output.model).resolve().is_relative_to(stage_dir.resolve()):
+            # a model this stage wrote (not one it passed through): a card so the folder can be shared as it is
+            atomic_write_text(Path(output.model) / MODEL_CARD, model_card(
+                run=run.name, stage=name, kind=cfg.kind, init=init, command=command,
+                settings=records[name]["settings"], evaluation=evaluation, data=getattr(cfg, "data", None) or None))
         atomic_write_json(done_file, entry)
+        if not run.keep_checkpoints:  # done: the optimizer state (~3x the model) is never read again
+            shutil.rmtree(stage_dir / "checkpoint", ignore_errors=True)
         summary["stages"].append(entry)
         atomic_write_json(run_dir / "summary.json", summary)
     atomic_write_json(run_dir / "summary.json", summary)

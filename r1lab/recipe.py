@@ -49,6 +49,9 @@ class RunConfig:
     threads: int = doc(0, "CPU threads for torch (0: torch's default); recipes run side by side get a share of the "
                           "cores instead (r1lab.side_by_side).")
     engine: str = doc("transformers", "Generation engine.")
+    keep_checkpoints: bool = doc(False, "Keep a finished stage's resumable checkpoint (<stage>/checkpoint: weights "
+                                        "plus optimizer state, about 3x the model) instead of deleting it once the "
+                                        "stage is done; its final model is kept either way.")
     gradient_checkpointing: bool = doc(False, "Recompute activations in backward (less memory, ~15% slower).")
     lora: LoraConfig = doc(LoraConfig(), "LoRA / QLoRA adapters (peft) for the RL stages; reference = adapters off.")
     task: TaskConfig = doc(TaskConfig(), "The task: prompts, answers and the verifier.")

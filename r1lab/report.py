@@ -332,7 +332,8 @@ def plot_reasoning_metrics(run_dir: str | Path) -> Path | None:
     2501.12948 §2.2.4).
 
     Completion length p10/p50/p90, checks and revisions per completion, and training accuracy by the number of
-    checks in a completion. Panels without data say so; None when the log has none of these metrics.
+    checks in a completion. Only the panels with data are drawn (a task without self-checks gets the length panel
+    alone); None when the log has none of these metrics.
     """
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
@@ -343,10 +344,12 @@ def plot_reasoning_metrics(run_dir: str | Path) -> Path | None:
               ("Self-checks per completion", "per completion", CHECK_COUNTS),
               ("Training accuracy by number of checks", "pass rate", ACCURACY_BY_CHECKS)]
     series = {key: metric_series(rows, key) for _, _, keys in panels for key, _, _ in keys}
-    if not any(series.values()):
+    panels = [panel for panel in panels if any(series[key] for key, _, _ in panel[2])]
+    if not panels:
         return None
-    figure = _new_figure(15, 4.2)
-    for ax, (title, ylabel, keys) in zip(figure.subplots(1, 3), panels):
+    figure = _new_figure(5 * len(panels), 4.2)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, ylabel, keys) in zip(axes, panels):
         has_data = False
         for index, (key, name, style) in enumerate(keys):
             for stage_name, (steps, values) in series[key].items():

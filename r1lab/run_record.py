@@ -27,7 +27,8 @@ STAGE_CONFIG = "config.yaml"
 LOG_FILES = ("metrics.jsonl", "samples.jsonl")
 # Run-level settings that say where a run is written and on how many cores, not what it computes: a change of them
 # is not a change of a stage's settings (the side-by-side runner changes threads as it likes).
-NOT_COMPARED = frozenset({"name", "output_dir", "threads"})
+NOT_COMPARED = frozenset({"name", "output_dir", "threads", "keep_checkpoints"})
+MODEL_CARD = "README.md"
 
 
 def stage_record(run, name: str, cfg) -> dict:
@@ -139,3 +140,33 @@ def _written_by_lost_attempt(line: str, stage: str, after_step: int) -> bool:
         return False
     step = record.get("step")
     return not isinstance(step, int) or step > after_step or any(key.startswith("final_eval/") for key in record)
+
+
+def model_card(*, run: str, stage: str, kind: str, init: str, command: str, settings: dict,
+               evaluation: dict | None, data: str | None = None) -> str:
+    """A Hugging Face model card (``README.md`` with YAML metadata) for a stage's model folder, so that the folder
+    can be shared as it is: what it was trained from and how, on what, and what it scored on held-out problems."""
+    base = init if init and not Path(init).is_absolute() and not init.startswith(".") else None
+    metadata = {"library_name": "transformers", "tags": ["r1lab", kind, "reasoning"],
+                **({"base_model": base} if base else {})}
+    lines = ["---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "",
+             f"# {run} / {stage}", "",
+             f"A `{kind}` stage of the r1lab run `{run}` (DeepSeek-R1-style training, arXiv 2501.12948), started from "
+             f"`{init}`." + (f" Trained on `{data}`." if data else ""), "",
+             "## Held-out evaluation", ""]
+    if evaluation:
+        lines += [f"R1 protocol: {evaluation.get('num_problems')} held-out problems, k = {evaluation.get('k')} "
+                  f"samples each at temperature {evaluation.get('temperature')}, top-p {evaluation.get('top_p')}.",
+                  "", "| metric | value |", "|---|---:|"]
+        lines += [f"| {key} | {value} |" for key, value in evaluation.items()
+                  if isinstance(value, (int, float)) and key not in ("k", "num_problems", "temperature", "top_p")]
+    else:
+        lines.append("Not evaluated (the stage's `eval: false`).")
+    lines += ["", "## How it was made", "", "```bash", command, "```", "",
+              "The stage's settings (every field; `config.yaml` beside this folder has the run-level ones too):", "",
+              "```yaml", yaml.safe_dump(settings, sort_keys=False, allow_unicode=True).strip(), "```", "",
+              "## Use", "", "```python", "from transformers import AutoModelForCausalLM",
+              'model = AutoModelForCausalLM.from_pretrained("<this folder>")', "```", "",
+              "A model built from scratch by r1lab (`model: tiny`) has a character tokenizer: load it with "
+              "`transformers.PreTrainedTokenizerFast.from_pretrained` or `r1lab.models.load_model`.", ""]
+    return "\n".join(lines)

@@ -68,9 +68,31 @@ def _relay(child: _Child, lock: threading.Lock) -> None:
             sys.stderr.flush()
 
 
+def overrides_for(recipe: str, overrides: list[str], recipes: list[str]) -> list[str]:
+    """The overrides that apply to ``recipe``: plain ``key=value`` ones go to every recipe, ``NAME:key=value`` ones only
+    to the recipe whose file stem (``aha`` for recipes/tiny/aha.yaml) or path is NAME. A NAME that matches no recipe
+    of the command is an error naming the ones there are."""
+    names = {recipe_name for r in recipes for recipe_name in (Path(r).stem, r)}
+    chosen = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        target, colon, own_key = key.partition(":")
+        if not colon or (target not in names and "." in target):  # a dotted key with a colon in it (a reward spec)
+            chosen.append(item)
+            continue
+        if target not in names:
+            raise ConfigError(f"override '{item}': '{target}' is not one of the recipes of this command "
+                              f"({', '.join(Path(r).stem for r in recipes)}); write NAME:key=value with NAME a "
+                              f"recipe's file name without .yaml, or key=value for all of them")
+        if target in (Path(recipe).stem, recipe):
+            chosen.append(f"{own_key}={value}")
+    return chosen
+
+
 def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int | None = None, report_dir: str = "",
                      quiet: bool = False, poll_seconds: float = 0.5) -> int:
-    """Run ``recipes`` (each with the same ``overrides``) as child processes, at most ``jobs`` at once (None or 0,
+    """Run ``recipes`` (each with ``overrides``; ``NAME:key=value`` ones only for the recipe NAME, see
+    ``overrides_for``) as child processes, at most ``jobs`` at once (None or 0,
     the command's default when --jobs is left out: all; below 0 is an error), then write one report over their runs.
     Returns 0 when every recipe finished, else 1 (the others still run to their end; each failed one resumes when run
     again). Each child holds its run folder (``r1lab.locks``); children that need the same tiny base model build it
@@ -83,7 +105,7 @@ def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int | No
     configs, errors = [], []
     for recipe in recipes:
         try:
-            configs.append(load_recipe(recipe, overrides)[0])
+            configs.append(load_recipe(recipe, overrides_for(recipe, overrides, recipes))[0])
         except ConfigError as err:
             errors.append(str(err))
     if errors:
@@ -115,7 +137,7 @@ def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int | No
                     if not fixed_threads:
                         write_threads_file(child.threads_file, threads)
                     if child.process is None:  # after its share is written: it reads it as it starts
-                        child.process = _start(child, overrides, quiet)
+                        child.process = _start(child, overrides_for(child.recipe, overrides, recipes), quiet)
                         relays.append(threading.Thread(target=_relay, args=(child, lock), daemon=True))
                         relays[-1].start()
             time.sleep(poll_seconds)

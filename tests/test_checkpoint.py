@@ -41,3 +41,22 @@ def test_an_exception_inside_leaves_the_old_version(tmp_path):
     except KeyboardInterrupt:
         pass
     assert (target / "w").read_text() == "v1" and sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_atomic_folders_follow_the_umask(tmp_path):
+    """safetensors writes weights readable by their owner only; a model folder gets the umask's permissions."""
+    import os
+    import stat
+
+    from r1lab.checkpoint import atomic_dir
+
+    previous = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "model.safetensors").write_bytes(b"x")
+            os.chmod(tmp / "model.safetensors", 0o600)
+            (tmp / "adapter").mkdir(mode=0o700)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "model" / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "model" / "adapter").stat().st_mode) == 0o755

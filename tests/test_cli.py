@@ -182,3 +182,67 @@ def test_report_refuses_a_folder_that_is_not_a_run_and_names_a_corrupted_summary
     assert result.returncode == 1 and (tmp_path / "run" / "report.html").is_file()
     assert f"{tmp_path / 'run' / 'summary.json'} is corrupted" in result.stderr
     assert "running `r1lab run` on the recipe again rewrites it" in result.stderr
+
+
+def test_version_and_eval_help_describe_themselves():
+    from r1lab.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--version"])
+    assert exit_info.value.code == 0
+    eval_help = next(action for action in parser._subparsers._group_actions[0].choices.items()
+                     if action[0] == "eval")[1].format_help()
+    for text in ("countdown", "samples per problem", "else 0.6", "runs/<run>/<stage>/final", "a run folder"):
+        assert text in " ".join(eval_help.split()), text
+
+
+def test_dry_run_prints_the_resolved_recipe_and_runs_nothing(tmp_path):
+    from r1lab.cli import main, resolved_recipe
+
+    text = resolved_recipe(str(ROOT / "recipes" / "tiny" / "r1_zero.yaml"),
+                           [f"output_dir={tmp_path}", "stages.grpo.steps=7"])
+    resolved = yaml.safe_load(text)
+    assert resolved["stages"]["grpo"]["steps"] == 7
+    assert resolved["stages"]["grpo"]["clip_eps"] == 0.2  # a default the recipe does not write
+    assert resolved["eval"]["k"] == 4 and resolved["stages"]["base"]["kind"] == "pretrain"
+    assert main(["run", str(ROOT / "recipes" / "tiny" / "r1_zero.yaml"), f"output_dir={tmp_path}", "--dry-run"]) == 0
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
+    assert main(["run", str(ROOT / "recipes" / "tiny" / "r1_zero.yaml"), "stages.grpo.top_p=2", "--dry-run"]) == 2
+
+
+def test_an_override_without_a_space_after_the_colon_says_how_to_write_it():
+    from r1lab.config import ConfigError, apply_overrides
+
+    with pytest.raises(ConfigError, match=r"write 'stages.grpo.rewards=\{accuracy: 1.0, format: 0.1\}'"):
+        apply_overrides({}, ["stages.grpo.rewards={accuracy:1.0,format:0.1}"])
+    assert apply_overrides({}, ["stages.grpo.rewards={accuracy: 1.0, my.py:f: 0.5}"]) == {
+        "stages": {"grpo": {"rewards": {"accuracy": 1.0, "my.py:f": 0.5}}}}
+
+
+def test_eval_on_a_run_uses_the_runs_task_template_and_settings(tmp_path):
+    """r1lab eval runs/<name>[/<stage>]: the model of the run's last stage (or of the stage), the run's task and
+    evaluation settings; options given on the command line win."""
+    from r1lab.cli import build_parser, eval_settings
+
+    run = tmp_path / "runs" / "r"
+    for stage, model in (("base", "runs/r/base/model"), ("grpo", "runs/r/grpo/final"), ("data", None)):
+        (run / stage).mkdir(parents=True)
+        (run / stage / "done.json").write_text(json.dumps({"stage": stage, "kind": "x", "model": model}))
+    (run / "summary.json").write_text("{}")
+    (run / "config.yaml").write_text(yaml.safe_dump({
+        "task": {"name": "countdown", "options": {"numbers": 3}}, "template": {"kind": "plain", "prefill_think": True},
+        "eval": {"k": 8, "num_problems": 50, "max_new_tokens": 48, "temperature": 0.6, "top_p": 0.95, "seed": 7},
+        "dtype": "float32", "stages": {"base": {}, "grpo": {}, "data": {}}}))
+    parse = build_parser().parse_args
+    settings = eval_settings(parse(["eval", str(run)]))
+    assert settings["model"] == "runs/r/grpo/final" and settings["task"] == "countdown"
+    assert settings["task_options"] == {"numbers": 3} and settings["k"] == 8 and settings["max_new_tokens"] == 48
+    assert settings["template"] == "plain" and settings["prefill_think"] is True and settings["seed"] == 7
+    settings = eval_settings(parse(["eval", str(run / "base"), "--k", "2", "--task", "arithmetic"]))
+    assert settings["model"] == "runs/r/base/model" and settings["k"] == 2 and settings["task"] == "arithmetic"
+    assert settings["num_problems"] == 50  # not given: still the run's
+    settings = eval_settings(parse(["eval", "--model", "m"]))  # no run: the defaults
+    assert (settings["model"], settings["task"], settings["k"], settings["max_new_tokens"]) == ("m", "arithmetic", 4, 64)
+    with pytest.raises(Exception, match="not a run folder"):
+        eval_settings(parse(["eval", str(tmp_path)]))

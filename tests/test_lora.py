@@ -116,6 +116,7 @@ def write_recipe(tmp_path, model, **stage):
     rewards.write_text("def spread(completion, example):\n    return float(sum(map(ord, completion)) % 7)\n")
     recipe = {
         "name": "lora", "output_dir": str(tmp_path / "runs"), "model": str(model), "device": "cpu", "threads": 1,
+        "keep_checkpoints": True,  # the test resumes a finished stage from its checkpoint
         "lora": {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]},
         "task": {"name": "arithmetic", "options": {"digits": 1}},
         "template": {"kind": "plain"},

@@ -180,6 +180,7 @@ def test_value_model_from_a_reward_model_keeps_its_score_head(tiny_policy, tmp_p
 def _recipe(tmp_path, model) -> Path:
     recipe = {
         "name": "ppo", "output_dir": str(tmp_path / "runs"), "model": str(model), "threads": 1,
+        "keep_checkpoints": True,  # the test resumes a finished stage from its checkpoint
         "task": {"name": "arithmetic", "options": {"digits": 2}},
         "eval": {"num_problems": 2, "k": 1, "max_new_tokens": 8, "quick_problems": 2, "quick_k": 1},
         "stages": {"ppo": {"kind": "ppo", "steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 8,

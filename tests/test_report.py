@@ -339,3 +339,24 @@ def test_combined_summary_notes_a_corrupted_summary(tmp_path):
     write_combined_report([run], tmp_path / "out")
     combined = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert combined["runs"][0]["corrupted"] == summary_problem(run)
+
+
+def test_reasoning_curves_draw_only_the_panels_that_have_data(tmp_path):
+    """A task without self-checks gets the completion-length panel alone, not two empty ones beside it."""
+    import struct
+
+    from r1lab.report import plot_reasoning_metrics
+
+    def png_width(path):
+        return struct.unpack(">I", path.read_bytes()[16:20])[0]  # IHDR: width, then height
+
+    lengths = {"completion/length_p10": 10, "completion/length_p50": 20, "completion/length_p90": 30}
+    plain, checks = tmp_path / "plain", tmp_path / "checks"
+    for folder, extra in ((plain, {}), (checks, {"checks/per_completion": 1.5, "accuracy/by_checks/1": 0.5})):
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text("".join(
+            json.dumps({"stage": "grpo", "step": step, **lengths, **extra}) + "\n" for step in range(1, 6)))
+    assert png_width(plot_reasoning_metrics(plain)) * 3 == pytest.approx(png_width(plot_reasoning_metrics(checks)),
+                                                                           rel=0.02)
+    (plain / "metrics.jsonl").write_text(json.dumps({"stage": "sft", "step": 1, "loss": 1.0}) + "\n")
+    assert plot_reasoning_metrics(plain) is None

@@ -21,6 +21,7 @@ from tests.test_locks import TINY_BASE
 def _set(path: Path, **stage_settings) -> Path:
     data = yaml.safe_load(path.read_text())
     data["stages"]["grpo"].update(stage_settings)
+    data["keep_checkpoints"] = True  # these tests resume a finished stage from its checkpoint
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -137,3 +138,22 @@ def test_the_base_model_a_run_built_is_in_the_run_folder(tmp_path):
     assert (run_dir / "base" / "model" / "model.safetensors").read_bytes() == weights
     shutil.rmtree(tmp_path / "cache")  # the run keeps the base it used whatever happens to the cache
     assert (run_dir / "base" / "model" / "config.json").is_file()
+
+
+def test_a_finished_stage_has_a_model_card_and_no_optimizer_state(tmp_path, tiny_checkpoint):
+    """<stage>/final/README.md describes the model (base, command, settings, held-out results) in the Hugging Face
+    format; <stage>/checkpoint (weights + optimizer state) is removed once the stage is done, unless kept."""
+    spec = {"name": "card", "output_dir": str(tmp_path / "runs"), "model": str(tiny_checkpoint),
+            "task": {"name": "arithmetic", "options": {"digits": 1}},
+            "eval": {"num_problems": 2, "k": 1, "max_new_tokens": 4},
+            "stages": {"grpo": {"kind": "grpo", "steps": 2, "prompts_per_step": 1, "group_size": 2,
+                                "max_new_tokens": 4, "eval_every": 0, "save_every": 1}}}
+    for keep in (False, True):
+        path = tmp_path / f"card_{keep}.yaml"
+        path.write_text(yaml.safe_dump({**spec, "name": f"card_{keep}", "keep_checkpoints": keep}))
+        run_dir = run_recipe(path, quiet=True)
+        assert (run_dir / "grpo" / "checkpoint").exists() == keep
+    card = (run_dir / "grpo" / "final" / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["library_name"] == "transformers" and "grpo" in metadata["tags"]
+    assert f"r1lab run {path}" in card and "| pass@1 |" in card and "clip_eps: 0.2" in card

@@ -184,3 +184,18 @@ def test_sigterm_stops_the_children_and_the_run_resumes(tmp_path, tiny_checkpoin
     for name in ("first", "second"):
         summary = json.loads((tmp_path / name / "runs" / name / "summary.json").read_text())
         assert summary["stages"][0]["eval"] is not None
+
+
+def test_overrides_addressed_to_one_recipe():
+    from r1lab.config import ConfigError
+    from r1lab.side_by_side import overrides_for
+
+    recipes = ["recipes/tiny/r1_zero.yaml", "recipes/tiny/ppo.yaml"]
+    overrides = ["seed=1", "r1_zero:stages.grpo.steps=5", "ppo:stages.ppo.steps=3",
+                 "recipes/tiny/ppo.yaml:eval.k=2", "stages.grpo.rewards.my.py:f=0.5"]
+    assert overrides_for(recipes[0], overrides, recipes) == ["seed=1", "stages.grpo.steps=5",
+                                                            "stages.grpo.rewards.my.py:f=0.5"]
+    assert overrides_for(recipes[1], overrides, recipes) == ["seed=1", "stages.ppo.steps=3", "eval.k=2",
+                                                            "stages.grpo.rewards.my.py:f=0.5"]
+    with pytest.raises(ConfigError, match="'aha' is not one of the recipes of this command \\(r1_zero, ppo\\)"):
+        overrides_for(recipes[0], ["aha:stages.grpo.steps=5"], recipes)

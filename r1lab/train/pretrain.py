@@ -185,12 +185,11 @@ def build_base_model(cfg: PretrainConfig, *, task, template, seed: int, key: str
         loss.backward()
         policy.optimizer_step()
         policy.schedule_step()
-        if step % 50 == 0 or step == cfg.steps - 1:
-            if log_metrics:
-                log_metrics(step, {"loss": round(loss.item(), 4), "lr": policy.learning_rates()["lr"],
-                                   "elapsed_seconds": round(time.time() - start, 1)})
-            if progress:
-                progress(step + 1, cfg.steps, f"loss {loss.item():.3f}")
+        if log_metrics and (step % 50 == 0 or step == cfg.steps - 1):
+            log_metrics(step, {"loss": round(loss.item(), 4), "lr": policy.learning_rates()["lr"],
+                               "elapsed_seconds": round(time.time() - start, 1)})
+        if progress:  # every step: the console prints a line every few seconds, with the rate and time left
+            progress(step + 1, cfg.steps, f"loss {loss.item():.3f}")
     with atomic_dir(folder) as tmp:  # the manifest is in the folder from the moment it has its name
         save_weights(model, tmp)
         write_tokenizer(tokenizer, tmp)

@@ -1,0 +1,28 @@
+"""Progress lines: at most every few seconds, with the rate and the time left."""
+
+from r1lab import console as console_module
+from r1lab.console import Console, duration
+
+
+def test_duration_reads_like_a_person_writes_it():
+    assert [duration(s) for s in (42, 185, 3720)] == ["42s", "3m 05s", "1h 02m"]
+
+
+def test_progress_shows_rate_and_time_left_and_is_throttled(capsys, monkeypatch):
+    clock = iter([100.0, 101.0, 102.0, 110.0, 120.0])
+    monkeypatch.setattr(console_module.time, "time", lambda: next(clock))
+    console = Console()
+    console.progress("grpo", 10, 100, "reward 0.5")  # resumed at step 10: the pace is measured from here
+    console.progress("grpo", 11, 100, "reward 0.5")  # 1 s later: not printed (at most every 5 s)
+    console.progress("grpo", 12, 100, "reward 0.5")
+    console.progress("grpo", 20, 100, "reward 0.6")  # 10 steps in 10 s: 1 step/s, 80 left
+    console.progress("grpo", 100, 100, "reward 0.9")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "[grpo] 10/100 reward 0.5"
+    assert lines[1] == "[grpo] 20/100 reward 0.6  [1.00 steps/s, 1m 20s left]"
+    assert lines[2].endswith("done]") and len(lines) == 3
+
+
+def test_long_lines_are_not_wrapped_in_a_log(capsys):
+    Console().print("x" * 200)
+    assert capsys.readouterr().err == "x" * 200 + "\n"
