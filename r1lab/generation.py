@@ -24,8 +24,9 @@ from r1lab.tasks import verify
 class Generator:
     """Samples completions with one model's weights through a generation engine (``engine``: its name)."""
 
-    def __init__(self, engine: str, model, tokenizer):
-        self.engine = make_engine(engine, model, tokenizer)
+    def __init__(self, engine: str, model, tokenizer, *, dtype=None):
+        """``dtype``: what to sample in when it differs from the weights' (bf16 under ``precision: bf16-mixed``)."""
+        self.engine = make_engine(engine, model, tokenizer, dtype=dtype)
         self.tokenizer = tokenizer
 
     def weights_changed(self) -> None:

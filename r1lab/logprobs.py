@@ -1,7 +1,7 @@
 """The one place where logits become per-token logprobs and entropy.
 
-Logits are never materialised as a full (B, T, V) fp32 tensor: the final hidden states are projected through the
-LM head in chunks of time steps, each chunk recomputed in the backward pass (activation checkpointing), so memory is
+Logits are never materialised as a full (B, T, V) fp32 tensor, and only completion positions reach the LM head: the
+decoder's final hidden states are projected through the LM head in chunks of time steps, each chunk recomputed in the backward pass (activation checkpointing), so memory is
 O(B × chunk × V) instead of O(B × T × V). With Qwen2.5's vocabulary and 64 × 1,024 completion tokens the full tensor
 would need 37 GiB (65,536 × 151,936 × 4 bytes).
 """
@@ -68,12 +68,13 @@ def completion_logprobs(model, batch: Batch, *, chunk_size: int | None = None, t
     padding does not shift positions.
     """
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
-                output_hidden_states=True, logits_to_keep=1, use_cache=False)
-    hidden = out.hidden_states[-1]  # (B, P + C, H), after the final norm
+    # The decoder alone (no LM head, no other layer's hidden states kept): the head runs below, on completion
+    # positions only, in chunks.
+    out = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              position_ids=position_ids, use_cache=False)
     width_p = batch.prompt_width
     # Position t predicts token t + 1: completion token j is predicted from position P + j − 1.
-    hidden = hidden[:, width_p - 1:-1]
+    hidden = out.last_hidden_state[:, width_p - 1:-1]  # (B, C, H), after the final norm
     targets = batch.input_ids[:, width_p:]
     head = model.get_output_embeddings()
     if chunk_size is None:

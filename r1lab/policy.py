@@ -15,6 +15,7 @@ precision belong here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ class ModelSettings:
     """How a policy is loaded: the run-wide settings a stage passes on."""
 
     dtype: str = "float32"
+    precision: str = "full"  # "full": compute in dtype; "bf16-mixed": fp32 weights, bf16 compute (autocast)
     gradient_checkpointing: bool = False
     lora: object = None  # r1lab.lora.LoraConfig, or None for full fine-tuning
 
@@ -218,19 +220,39 @@ class Policy:
 
     # --- forward and backward ------------------------------------------------------------------------------------
 
+    @property
+    def mixed_precision(self) -> bool:
+        return self.settings.precision == "bf16-mixed"
+
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        """The dtype forward passes compute in when it differs from the weights' (bf16 under bf16-mixed), else None:
+        what the generator samples with."""
+        return torch.bfloat16 if self.mixed_precision else None
+
+    def autocast(self):
+        """The context every forward pass of the policy (and of models trained beside it) runs in: bf16 autocast
+        over fp32 weights under ``precision: bf16-mixed`` (Micikevicius et al., arXiv 1710.03740: the weights and
+        AdamW's state stay fp32, so an update of 1e-6 relative size is not rounded away as in pure bf16)."""
+        if not self.mixed_precision:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
     def logprobs(self, batch: Batch, *, with_entropy: bool = False):
         """Per-token logprobs (B, C) of the completion tokens under the policy (and entropy when asked)."""
-        return completion_logprobs(self.model, batch, with_entropy=with_entropy)
+        with self.autocast():
+            return completion_logprobs(self.model, batch, with_entropy=with_entropy)
 
     @torch.no_grad()
     def reference_logprobs(self, batch: Batch) -> torch.Tensor | None:
         """Per-token logprobs (B, C) under π_ref, None without a reference."""
-        if self.reference_adapters_off:
-            with self.model.disable_adapter():
-                return completion_logprobs(self.model, batch)[0]
-        if self.reference is None:
-            return None
-        return completion_logprobs(self.reference, batch)[0]
+        with self.autocast():
+            if self.reference_adapters_off:
+                with self.model.disable_adapter():
+                    return completion_logprobs(self.model, batch)[0]
+            if self.reference is None:
+                return None
+            return completion_logprobs(self.reference, batch)[0]
 
     def backward(self, batch: Batch, rows: torch.Tensor, loss_fn: LossFn, *, micro_batch_size: int = 0,
                  weight_by: Literal["tokens", "sequences"] = "tokens", name: str = "loss") -> dict[str, float]:
@@ -252,7 +274,8 @@ class Policy:
             weight = (mask.sum() / minibatch_tokens if weight_by == "tokens"
                       else torch.tensor(len(micro) / len(rows))).item()
             logprobs, entropy = self.logprobs(part, with_entropy=True)
-            loss, stats = loss_fn(micro, part, logprobs)
+            with self.autocast():  # a critic's forward inside the loss runs at the policy's precision too
+                loss, stats = loss_fn(micro, part, logprobs)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{name} is {loss.item()} ({stats}): lower the learning rate or check the "
                                          f"rewards")

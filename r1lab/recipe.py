@@ -34,7 +34,8 @@ class EvalConfig:
 # The names r1lab.models.resolve_dtype and r1lab.engine.make_engine accept (tests/test_recipe_checks.py holds them to
 # it), here so that a recipe is checked before torch is needed.
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-ENGINES = ("transformers", "hf")
+ENGINES = ("auto", "fast", "transformers", "hf")
+PRECISIONS = ("full", "bf16-mixed")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -48,10 +49,14 @@ class RunConfig:
     device: str = doc("auto", "auto (cuda when present), cpu, cuda, cuda:1 ...")
     threads: int = doc(0, "CPU threads for torch (0: torch's default); recipes run side by side get a share of the "
                           "cores instead (r1lab.side_by_side).")
-    engine: str = doc("transformers", "Generation engine.")
+    engine: str = doc("auto", "Generation engine: auto (r1lab's own for Llama/Qwen/Mistral-family models, "
+                              "transformers' generate for the rest), fast (r1lab's own only), transformers.")
     keep_checkpoints: bool = doc(False, "Keep a finished stage's resumable checkpoint (<stage>/checkpoint: weights "
                                         "plus optimizer state, about 3x the model) instead of deleting it once the "
                                         "stage is done; its final model is kept either way.")
+    precision: str = doc("full", "full: compute in `dtype`; bf16-mixed: fp32 weights and AdamW state, forward and "
+                                 "backward in bf16 (autocast), sampling with a bf16 copy of the weights. For GPUs: "
+                                 "on a CPU without native bf16 it is many times slower than fp32.")
     gradient_checkpointing: bool = doc(False, "Recompute activations in backward (less memory, ~15% slower).")
     lora: LoraConfig = doc(LoraConfig(), "LoRA / QLoRA adapters (peft) for the RL stages; reference = adapters off.")
     task: TaskConfig = doc(TaskConfig(), "The task: prompts, answers and the verifier.")
@@ -71,6 +76,11 @@ class RunConfig:
             found.append(Problem("dtype", self.dtype, f"must be one of {', '.join(DTYPES)}"))
         if not DEVICE.match(self.device):
             found.append(Problem("device", self.device, "must be auto, cpu, cuda, cuda:N (N a GPU number) or mps"))
+        if self.precision not in PRECISIONS:
+            found.append(Problem("precision", self.precision, f"must be one of {', '.join(PRECISIONS)}"))
+        elif self.precision == "bf16-mixed" and self.dtype not in ("float32", "fp32"):
+            found.append(Problem("precision", self.precision, f"bf16-mixed keeps fp32 master weights: set dtype: "
+                                                              f"float32 (it is {self.dtype})"))
         if self.engine not in ENGINES:
             found.append(Problem("engine", self.engine, f"must be one of {', '.join(ENGINES)}"))
         return found

@@ -63,6 +63,9 @@ class OnlineRLConfig:
     log_samples: int = doc(4, "Completions written to samples.jsonl per logged step.")
     samples_every: int = doc(10, "Write samples every N steps.")
     truncation_warning: float = doc(0.5, "Warn when more than this share of a step's completions is cut off.")
+    logprob_gap_warning: float = doc(0.05, "Warn when the mean |logprob(sampler) − logprob(trainer)| of a step's "
+                                           "sampled tokens exceeds this (healthy: ~1e-6 in fp32, 0.01-0.02 with a "
+                                           "bf16 sampler; a weight-sync bug: ~0.2).")
     eval: bool = doc(True, "Evaluate the final policy on the held-out split.")
 
     def optimizer_settings(self, extra_groups: list[dict] | None = None) -> OptimizerSettings:
@@ -152,6 +155,41 @@ def select_groups(rollout: Rollout, keep_groups: torch.Tensor) -> Rollout:
                          first_errors=dict(rollout.scores.first_errors))
     return Rollout(pick(rollout.examples), pick(rollout.generations), pick(rollout.responses), scores,
                    rollout.rewards[index], rollout.batch.select(torch.tensor(index)), g)
+
+
+class SamplerGap:
+    """The sampler–trainer gap of one rollout: mean |logprob(sampler) − logprob(trainer)| over the sampled tokens.
+
+    The engine returns the logprob of each token it sampled; the trainer computes its own in the training forward
+    pass. They should agree to rounding (fp32: ~1e-6; a bf16 sampler: ~0.01): a larger gap means the sampler ran
+    other weights (a missed weight refresh) or another model. Only comparable when the rollout samples the
+    trainer's distribution (temperature 1, no top-p or top-k truncation); otherwise nothing is measured.
+    """
+
+    def __init__(self, rollout: Rollout, cfg: OnlineRLConfig):
+        generations = rollout.generations
+        width = rollout.batch.completion_mask.shape[1]
+        self.enabled = (cfg.temperature == 1.0 and cfg.top_p >= 1.0 and not cfg.top_k and bool(generations)
+                        and all(len(g.logprobs) == len(g.completion_ids) for g in generations))
+        self.sampler = torch.zeros(len(generations), width)
+        self.mask = torch.zeros(len(generations), width)
+        if self.enabled:
+            for row, g in enumerate(generations):
+                self.sampler[row, :len(g.logprobs)] = torch.tensor(g.logprobs)
+                self.mask[row, :len(g.logprobs)] = 1.0
+        self.total, self.tokens = 0.0, 0.0
+
+    def add(self, rows: torch.Tensor, trainer_logprobs: torch.Tensor) -> None:
+        """The trainer's logprobs (len(rows), C) of ``rows`` of the rollout, each row once."""
+        if not self.enabled:
+            return
+        rows = rows.cpu()
+        mask = self.mask[rows]
+        self.total += ((trainer_logprobs.detach().float().cpu() - self.sampler[rows]).abs() * mask).sum().item()
+        self.tokens += mask.sum().item()
+
+    def metrics(self) -> dict:
+        return {"sampler/logprob_gap": self.total / self.tokens} if self.tokens else {}
 
 
 def rollout_metrics(rollout: Rollout, task=None) -> dict:
@@ -283,6 +321,11 @@ def finish_step(stage: Stage, cfg: OnlineRLConfig, policy: Policy, generator: Ge
                 write_more=None) -> None:
     """The end of RL step ``step`` (0-based): learning rates, time and memory into ``metrics``, which are logged;
     samples every ``samples_every`` steps; progress; the quick evaluation and the resumable checkpoint when due."""
+    gap = metrics.get("sampler/logprob_gap")
+    if gap is not None and gap > cfg.logprob_gap_warning:
+        stage.warn(f"step {step + 1}: the sampler's logprobs differ from the trainer's by {gap:.3f} on average "
+                   f"(logprob_gap_warning {cfg.logprob_gap_warning}): the engine may sample with other weights than "
+                   f"the policy's")
     metrics.update({**policy.learning_rates(), "step_seconds": time.time() - started, **peak_memory(policy.device)})
     stage.log_metrics(step + 1, metrics)
     if cfg.samples_every and (step % cfg.samples_every == 0 or step + 1 == cfg.steps):

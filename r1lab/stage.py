@@ -168,8 +168,8 @@ class Stage:
     # --- models and sampling ---------------------------------------------------------------------------------------
 
     def model_settings(self) -> ModelSettings:
-        return ModelSettings(dtype=self.run.dtype, gradient_checkpointing=self.run.gradient_checkpointing,
-                             lora=self.run.lora)
+        return ModelSettings(dtype=self.run.dtype, precision=self.run.precision,
+                             gradient_checkpointing=self.run.gradient_checkpointing, lora=self.run.lora)
 
     def load_policy(self, *, trainable: bool = True) -> Policy:
         """The policy: the stage's last resumable checkpoint if any, else its ``init`` model; LoRA adapters when the
@@ -195,7 +195,7 @@ class Stage:
 
     def generator(self, policy: Policy) -> Generator:
         """The generator that samples with ``policy``'s weights; told after every optimizer step that they changed."""
-        generator = Generator(self.run.engine, policy.model, policy.tokenizer)
+        generator = Generator(self.run.engine, policy.model, policy.tokenizer, dtype=policy.compute_dtype)
         policy.on_update(generator.weights_changed)
         return generator
 

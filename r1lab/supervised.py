@@ -147,7 +147,8 @@ def train_steps(stage: Stage, cfg: FixedDataConfig, policy: Policy, train_size: 
     for step in range(policy.resume_step, total_steps):
         started = time.time()
         policy.zero_grad()
-        stats = step_loss(step_indices(cfg, train_size, step, stage.run.seed))
+        with policy.autocast():
+            stats = step_loss(step_indices(cfg, train_size, step, stage.run.seed))
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"{name} loss is {stats['loss']} at step {step}: lower lr")
         lr = policy.learning_rates()["lr"]  # the rate this step uses
@@ -159,7 +160,8 @@ def train_steps(stage: Stage, cfg: FixedDataConfig, policy: Policy, train_size: 
         if "tokens" in stats:
             metrics["tokens_per_second"] = stats["tokens"] / max(seconds, 1e-9)
         if has_held_out and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == total_steps):
-            metrics.update(held_out())
+            with policy.autocast():
+                metrics.update(held_out())
         stage.log_metrics(step + 1, metrics)
         stage.progress(step + 1, total_steps, describe(metrics))
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:

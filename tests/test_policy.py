@@ -148,3 +148,34 @@ def test_schedules_hand_values():
     assert [sft(s) for s in range(5)] == pytest.approx([1.0, 1.0, 0.775, 0.325, 0.1])
     with pytest.raises(ValueError, match="unknown learning-rate decay 'step'"):
         warmup_then_decay(10, 1, "step")
+
+
+def _share_of_weights_changed(policy, steps: int = 10, lr: float = 1e-6) -> float:
+    """AdamW at ``lr`` for ``steps`` steps of a token-mean NLL: the share of weights whose stored value changed."""
+    before = {name: p.detach().clone() for name, p in policy.model.named_parameters()}
+    policy.configure_optimizer(OptimizerSettings(lr=lr, max_grad_norm=0.0), lambda step: 1.0)
+    batch = toy_batch(policy.tokenizer.pad_token_id)
+    for _ in range(steps):
+        policy.zero_grad()
+        policy.backward(batch, torch.arange(4), token_mean_loss)
+        policy.optimizer_step()
+    changed = sum((p.detach() != before[name]).sum().item() for name, p in policy.model.named_parameters())
+    return changed / sum(p.numel() for p in policy.model.parameters())
+
+
+def test_bf16_mixed_keeps_small_updates_that_pure_bf16_rounds_away(tiny_checkpoint):
+    pure = Policy.load(str(tiny_checkpoint), ModelSettings(dtype="bfloat16"), torch.device("cpu"))
+    mixed = Policy.load(str(tiny_checkpoint), ModelSettings(precision="bf16-mixed"), torch.device("cpu"))
+    assert next(mixed.model.parameters()).dtype == torch.float32 and mixed.compute_dtype == torch.bfloat16
+    with mixed.autocast():  # the forward really computes in bf16
+        assert mixed.model(torch.tensor([[5, 6, 7]])).logits.dtype == torch.bfloat16
+    share_pure, share_mixed = _share_of_weights_changed(pure), _share_of_weights_changed(mixed)
+    # lr 1e-6: AdamW's first steps move each weight by ~1e-6, below half a bf16 ulp for most weights
+    assert share_pure < 0.2 and share_mixed > 0.95, (share_pure, share_mixed)
+
+
+def test_bf16_mixed_generator_samples_with_a_bf16_copy(tiny_checkpoint):
+    policy = Policy.load(str(tiny_checkpoint), ModelSettings(precision="bf16-mixed"), torch.device("cpu"))
+    generator = Generator("fast", policy.model, policy.tokenizer, dtype=policy.compute_dtype)
+    assert generator.engine.compact.weights["embed"].dtype == torch.bfloat16
+    assert next(policy.model.parameters()).dtype == torch.float32

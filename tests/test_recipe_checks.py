@@ -84,7 +84,7 @@ BAD = [
     ("dtype=float64", "dtype = 'float64': must be one of float32, fp32, bfloat16, bf16, float16, fp16"),
     ("device=gpu", "device = 'gpu': must be auto, cpu, cuda, cuda:N"),
     ("device=cuda:x", "device = 'cuda:x': must be auto, cpu, cuda, cuda:N"),
-    ("engine=vllm", "engine = 'vllm': must be one of transformers, hf"),
+    ("engine=vllm", "engine = 'vllm': must be one of auto, fast, transformers, hf"),
     ("threads=-1", "threads = -1: must be at least 0"),
     ("name=../elsewhere", "name = '../elsewhere': must be a plain folder name inside output_dir"),
     ("name=/tmp/abs", "name = '/tmp/abs': must be a plain folder name inside output_dir"),

@@ -1,13 +1,39 @@
-"""Generation engines. The trainers only see the `Engine` interface; `TransformersEngine` is the default."""
+"""Generation engines. The trainers only see the `Engine` interface.
+
+``auto`` (the default) samples with r1lab's own engine (``FastEngine``: compact forward, KV cache in slots, shared
+prompt prefill) when the model's architecture is one it knows (Llama / Qwen2 / Qwen3 / Mistral, the tiny model) and
+with ``TransformersEngine`` (``generate``, any causal LM) otherwise, saying which and why; ``fast`` insists on the
+former (an error names what it cannot run), ``transformers`` on the latter.
+"""
+
+import logging
 
 from r1lab.engine.base import Engine, Generation, SamplingParams
+from r1lab.engine.fast import FastEngine, unsupported_reason
 from r1lab.engine.hf import TransformersEngine
 
-__all__ = ["Engine", "Generation", "SamplingParams", "TransformersEngine", "make_engine"]
+__all__ = ["Engine", "FastEngine", "Generation", "SamplingParams", "TransformersEngine", "make_engine",
+           "unsupported_reason"]
+
+ENGINE_NAMES = ("auto", "fast", "transformers", "hf")
+log = logging.getLogger("r1lab")
+_told: set[str] = set()  # fallback reasons already logged (one line per reason, not one per stage)
 
 
 def make_engine(name: str, model, tokenizer, **options) -> Engine:
-    """Build a generation engine by name ("transformers")."""
+    """Build a generation engine by name (``ENGINE_NAMES``)."""
+    options = {k: v for k, v in options.items() if v is not None}
     if name in ("transformers", "hf"):
         return TransformersEngine(model, tokenizer, **options)
-    raise ValueError(f"unknown generation engine '{name}'; choose one of: transformers")
+    if name not in ("auto", "fast"):
+        raise ValueError(f"unknown generation engine '{name}'; choose one of: {', '.join(ENGINE_NAMES)}")
+    reason = unsupported_reason(model)
+    if reason is None:
+        return FastEngine(model, tokenizer, **options)
+    if name == "fast":
+        raise ValueError(f"engine 'fast' cannot run this model: {reason}; use engine: auto (falls back to "
+                         f"transformers' generate) or engine: transformers")
+    if reason not in _told:
+        _told.add(reason)
+        log.info(f"engine auto: transformers' generate ({reason})")
+    return TransformersEngine(model, tokenizer, dtype=options.get("dtype"))

@@ -7,6 +7,8 @@ its forward pass (they differ by the truncation of top-p/top-k, by numerics, and
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                           TopPLogitsWarper)
@@ -36,10 +38,11 @@ class _SampledLogprobs(LogitsProcessor):
 class TransformersEngine:
     """Samples with the policy itself (no weight copy), batching prompts × n up to ``batch_size`` sequences."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 256):
+    def __init__(self, model, tokenizer, *, batch_size: int = 256, dtype: torch.dtype | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.dtype = dtype  # compute under autocast in this dtype (bf16-mixed); None: the weights' dtype
 
     def sync_weights(self) -> None:  # the engine samples from the live policy: nothing to copy
         pass
@@ -73,17 +76,20 @@ class TransformersEngine:
             if sampling and params.top_p < 1.0:
                 warpers.append(TopPLogitsWarper(top_p=params.top_p))
             recorder = _SampledLogprobs()
-            out = model.generate(
-                **enc,
-                do_sample=sampling,
-                temperature=1.0 if sampling else None,
-                top_p=1.0 if sampling else None,
-                top_k=0 if sampling else None,
-                logits_processor=LogitsProcessorList([*warpers, recorder]),
-                max_new_tokens=params.max_new_tokens,
-                eos_token_id=eos_id,
-                pad_token_id=pad_id,
-            )
+            precision = (torch.autocast(device.type, dtype=self.dtype) if self.dtype is not None
+                         else contextlib.nullcontext())
+            with precision:
+                out = model.generate(
+                    **enc,
+                    do_sample=sampling,
+                    temperature=1.0 if sampling else None,
+                    top_p=1.0 if sampling else None,
+                    top_k=0 if sampling else None,
+                    logits_processor=LogitsProcessorList([*warpers, recorder]),
+                    max_new_tokens=params.max_new_tokens,
+                    eos_token_id=eos_id,
+                    pad_token_id=pad_id,
+                )
             prompt_width = enc["input_ids"].shape[1]
             if out.shape[1] > prompt_width:
                 recorder.take(out[:, -1])

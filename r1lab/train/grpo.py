@@ -30,8 +30,8 @@ import torch
 from r1lab.advantages import group_advantages, zero_spread_groups
 from r1lab.config import Problem, at_least, doc, positive
 from r1lab.losses import grpo_loss
-from r1lab.rollout import (OnlineRLConfig, add_stats, check_reward_errors, concat_rollouts, draw_rollout,
-                           finish_step, rollout_metrics, select_groups, start_online_rl, step_seeds,
+from r1lab.rollout import (OnlineRLConfig, SamplerGap, add_stats, check_reward_errors, concat_rollouts,
+                           draw_rollout, finish_step, rollout_metrics, select_groups, start_online_rl, step_seeds,
                            warn_if_truncated)
 from r1lab.stage import Stage, StageOutput
 
@@ -110,9 +110,14 @@ def train(cfg: GRPOConfig, stage: Stage) -> StageOutput:
         with torch.no_grad():  # π_old and π_ref on the whole rollout, before any update
             old_logprobs = policy.logprobs(batch)[0] if multi_pass else None
             ref_logprobs = policy.reference_logprobs(batch)
+        gap = SamplerGap(rollout, cfg)  # the engine's logprobs against the trainer's, each completion once
+        if old_logprobs is not None:
+            gap.add(torch.arange(size), old_logprobs)
 
         def loss_fn(rows, part, logprobs):
             old = old_logprobs[rows] if old_logprobs is not None else logprobs.detach()
+            if old_logprobs is None:  # one pass over the rollout: each row comes here once
+                gap.add(rows, logprobs)
             ref = ref_logprobs[rows] if ref_logprobs is not None else None
             return grpo_loss(logprobs, old, ref, advantages[rows], part.completion_mask, clip_eps=cfg.clip_eps,
                              clip_eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
@@ -136,7 +141,7 @@ def train(cfg: GRPOConfig, stage: Stage) -> StageOutput:
             policy.reset_reference()
 
         # 5. log, evaluate, save
-        metrics.update({k: v / updates for k, v in totals.items()})
+        metrics.update({**{k: v / updates for k, v in totals.items()}, **gap.metrics()})
         finish_step(stage, cfg, policy, generator, step, rollout, metrics, started,
                     f"reward {metrics['reward/mean']:.2f} acc {metrics.get('reward/accuracy', float('nan')):.2f} "
                     f"len {metrics['completion/length_mean']:.0f}")

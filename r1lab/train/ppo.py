@@ -41,7 +41,7 @@ from r1lab.advantages import adaptive_kl_coef, ppo_advantages
 from r1lab.checkpoint import atomic_dir
 from r1lab.config import Problem, at_least, doc, positive
 from r1lab.losses import kl_penalty, masked_mean, ppo_policy_loss, value_loss
-from r1lab.rollout import (OnlineRLConfig, add_stats, check_reward_errors, draw_rollout, finish_step,
+from r1lab.rollout import (OnlineRLConfig, SamplerGap, add_stats, check_reward_errors, draw_rollout, finish_step,
                            rollout_metrics, start_online_rl, step_seeds, warn_if_truncated)
 from r1lab.stage import Stage, StageOutput
 from r1lab.value_model import HEAD_FILE, init_value_model
@@ -143,10 +143,15 @@ def train(cfg: PPOConfig, stage: Stage) -> StageOutput:
                 rollout.rewards.to(policy.device), old_values, mask, kl=kl, kl_coef=kl_coef, gamma=cfg.gamma,
                 lam=cfg.lam, whiten_rewards=cfg.whiten_rewards, whiten_advantages=cfg.whiten_advantages)
             _, rollout_value_stats = value_loss(old_values, old_values, returns, mask)
+        gap = SamplerGap(rollout, cfg)  # the engine's logprobs against the trainer's, each completion once
+        if old_logprobs is not None:
+            gap.add(torch.arange(size), old_logprobs)
         kl_per_completion = kl.sum(-1).mean().item() if kl is not None else 0.0
 
         def loss_fn(rows, part, logprobs):  # clipped policy loss + value_coef × clipped value loss
             old = old_logprobs[rows] if old_logprobs is not None else logprobs.detach()
+            if old_logprobs is None:  # one pass over the rollout: each row comes here once
+                gap.add(rows, logprobs)
             policy_loss, policy_stats = ppo_policy_loss(
                 logprobs, old, advantages[rows], part.completion_mask, clip_eps=cfg.clip_eps,
                 clip_eps_high=cfg.clip_eps_high, agg=cfg.loss_aggregation, max_len=cfg.max_new_tokens)
@@ -175,7 +180,7 @@ def train(cfg: PPOConfig, stage: Stage) -> StageOutput:
             kl_coef = adaptive_kl_coef(kl_coef, kl_per_completion, cfg.target_kl, cfg.kl_horizon, size)
 
         # 7. log, evaluate, save (the critic inside the checkpoint)
-        metrics.update({k: v / updates for k, v in totals.items()})
+        metrics.update({**{k: v / updates for k, v in totals.items()}, **gap.metrics()})
         metrics.update({
             "explained_variance": rollout_value_stats["explained_variance"],
             "kl": masked_mean(kl, mask).item() if kl is not None else 0.0,

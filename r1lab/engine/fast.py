@@ -1,0 +1,513 @@
+"""r1lab's own rollout engine: a compact forward of the Llama / Qwen / Mistral family, a KV cache in slots refilled
+as sequences finish, each prompt prefilled once for its G completions, sampling on the device.
+
+Why: ``transformers``' ``generate`` spends most of a decode step on per-step Python (logits processors, stopping
+criteria, a cache that grows by concatenation, a mask rebuilt every step) and prefills the same prompt G times. The
+engines RL trainers use instead (vLLM, SGLang; Kwon et al., arXiv 2309.06180 for the paged KV cache behind them) cannot
+be installed everywhere. This one is plain PyTorch and reads the Hugging Face model's own weights:
+
+* **Weights**: views of the policy's parameters when the engine computes in their dtype (nothing to copy: an
+  optimizer step is seen at once), or the engine's own buffers, refreshed in place by ``sync_weights`` after every
+  optimizer step, when it computes in another dtype or the policy is a LoRA model (base + scale · B·A, merged).
+* **Slots**: a (slots, kv heads, length, head dim) cache per layer. One call takes all prompts × n; when a sequence
+  ends (EOS or ``max_new_tokens``) its slot takes the next queued one, and once the queue is empty the live slots
+  are moved to the front so that the batch shrinks with them (a few long completions do not keep the batch busy).
+* **Shared prefill**: each prompt runs through the model once; its cache rows are copied into each of its n slots.
+* **Sampling**: temperature, top-k, top-p in transformers' order and with its tie rules, then one uniform number
+  per (seed, sequence, token index) drawn by a counter-based hash, so a completion does not depend on which slot it
+  ran in or what ran beside it: the same seed gives the same completions with any number of slots. The logprob of
+  each sampled token under the distribution it was drawn from is returned with it.
+
+The family is recognised by ``model_type``; any other architecture, a rope variant that changes with the sequence
+length, or a sliding window shorter than a call's sequences makes ``make_engine("auto", ...)`` fall back to
+``TransformersEngine`` (``unsupported_reason`` says why).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from r1lab.engine.base import Generation, SamplingParams
+from r1lab.engine.hf import TransformersEngine
+
+log = logging.getLogger("r1lab")
+
+SUPPORTED_TYPES = ("qwen2", "qwen3", "llama", "mistral")
+_LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+def _causal_lm(model):
+    """The ``...ForCausalLM`` under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def unsupported_reason(model, max_length: int | None = None) -> str | None:
+    """Why the compact forward cannot run ``model`` (None: it can). ``max_length``: the longest prompt + completion
+    a call will see (a sliding window shorter than that is not implemented)."""
+    lm = _causal_lm(model)
+    config = getattr(lm, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_TYPES:
+        return f"architecture {model_type!r} is not one of {', '.join(SUPPORTED_TYPES)}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} (the compact forward has SwiGLU only)"
+    rope = (getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type in _LENGTH_DEPENDENT_ROPE:
+        return f"rope type {rope_type!r} (its frequencies change with the sequence length)"
+    if not hasattr(getattr(lm, "model", None), "rotary_emb"):
+        return "no rotary embedding module found"
+    if any("4bit" in type(p).__name__ or p.dtype == torch.uint8 for p in lm.parameters()):
+        return "quantized weights (QLoRA's 4-bit base)"
+    window = _sliding_window(config)
+    if window is not None and max_length is not None and max_length > window:
+        return f"sliding window {window} shorter than the sequences ({max_length} tokens)"
+    return None
+
+
+def _sliding_window(config) -> int | None:
+    window = getattr(config, "sliding_window", None)
+    if window is None:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    if config.model_type in ("qwen2", "qwen3") and not getattr(config, "use_sliding_window", False):
+        return None
+    return int(window)
+
+
+# --- weights -------------------------------------------------------------------------------------------------------
+
+def _linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of a linear layer; a peft LoRA layer gives its merged weight (base + scale · B·A)."""
+    base = getattr(module, "base_layer", None)
+    if base is None or not hasattr(module, "get_delta_weight"):
+        return module.weight.detach(), (module.bias.detach() if module.bias is not None else None)
+    weight = base.weight.detach()
+    if not getattr(module, "disable_adapters", False) and not getattr(module, "merged", False):
+        for name in module.active_adapters:
+            if name in module.lora_A:
+                weight = weight + module.get_delta_weight(name).detach().to(weight.dtype)
+    return weight, (base.bias.detach() if base.bias is not None else None)
+
+
+def _rope_pairs(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Reorder the output rows of a q or k projection (or a per-head norm weight) so that the dims rotated together
+    by transformers' rope (i and i + D/2 of each head) sit side by side: rope becomes one complex multiplication.
+    q and k get the same order, so every attention score is unchanged."""
+    head_dim = weight.shape[0] // heads
+    order = torch.arange(head_dim, device=weight.device).view(2, head_dim // 2).t().reshape(-1)
+    return weight.view(heads, head_dim, *weight.shape[1:])[:, order].reshape(weight.shape)
+
+
+class CompactModel:
+    """The decoder of a Llama / Qwen2 / Qwen3 / Mistral model as a few tensor operations over its weights.
+
+    The weights are the engine's own buffers in the compute ``dtype`` (None: the model's): q, k, v fused, gate and
+    up fused, every matrix stored transposed (``x @ W`` on a handful of rows runs about twice as fast as
+    ``F.linear`` on a CPU), q and k rows in rope-pair order. ``refresh()`` copies the model's current weights into the
+    same storage, so anything holding them (a captured CUDA graph) stays valid.
+    """
+
+    def __init__(self, model, dtype: torch.dtype | None = None):
+        self.model = model
+        lm = _causal_lm(model)
+        config = lm.config
+        self.config = config
+        self.device = next(lm.parameters()).device
+        self.dtype = dtype or next(lm.parameters()).dtype
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.eps = config.rms_norm_eps
+        self.scaling = self.head_dim ** -0.5
+        rotary = lm.model.rotary_emb
+        self.inv_freq = rotary.inv_freq.detach().to(self.device, torch.float32)
+        self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+        self.q_width = self.num_heads * self.head_dim
+        self.kv_width = self.num_kv_heads * self.head_dim
+        self.weights: dict[str, torch.Tensor | None] = {}
+        self.num_layers = len(lm.model.layers)
+        self.refresh()
+
+    def _read(self) -> dict[str, torch.Tensor | None]:
+        """The model's current weights, arranged as the compact forward uses them (new tensors)."""
+        lm = _causal_lm(self.model)
+        arranged = {"embed": lm.get_input_embeddings().weight.detach(), "final_norm": lm.model.norm.weight.detach()}
+        head, head_bias = _linear(lm.get_output_embeddings())
+        arranged.update({"head": head.t(), "head_bias": head_bias})
+        for i, block in enumerate(lm.model.layers):
+            attention, mlp = block.self_attn, block.mlp
+            (q, q_bias), (k, k_bias), (v, v_bias) = (_linear(attention.q_proj), _linear(attention.k_proj),
+                                                     _linear(attention.v_proj))
+            q, k = _rope_pairs(q, self.num_heads), _rope_pairs(k, self.num_kv_heads)
+            arranged[f"{i}.qkv"] = torch.cat([q, k, v]).t()
+            if q_bias is not None:
+                arranged[f"{i}.qkv_bias"] = torch.cat([_rope_pairs(q_bias, self.num_heads),
+                                                       _rope_pairs(k_bias, self.num_kv_heads), v_bias])
+            o, arranged[f"{i}.o_bias"] = _linear(attention.o_proj)
+            arranged[f"{i}.o"] = o.t()
+            for name in ("q_norm", "k_norm"):
+                norm = getattr(attention, name, None)
+                if norm is not None:
+                    arranged[f"{i}.{name}"] = _rope_pairs(norm.weight.detach(), 1)
+            (gate, gate_bias), (up, up_bias) = _linear(mlp.gate_proj), _linear(mlp.up_proj)
+            arranged[f"{i}.gate_up"] = torch.cat([gate, up]).t()
+            if gate_bias is not None:
+                arranged[f"{i}.gate_up_bias"] = torch.cat([gate_bias, up_bias])
+            down, arranged[f"{i}.down_bias"] = _linear(mlp.down_proj)
+            arranged[f"{i}.down"] = down.t()
+            arranged[f"{i}.input_norm"] = block.input_layernorm.weight.detach()
+            arranged[f"{i}.post_norm"] = block.post_attention_layernorm.weight.detach()
+        return arranged
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Copy the model's current weights (after an optimizer step) into the engine's buffers, in place."""
+        for name, tensor in self._read().items():
+            if tensor is None:
+                self.weights[name] = None
+                continue
+            buffer = self.weights.get(name)
+            if buffer is None or buffer.shape != tensor.shape:
+                self.weights[name] = tensor.to(self.device, self.dtype, copy=True).contiguous()
+            else:
+                buffer.copy_(tensor)
+
+    # -- the forward ------------------------------------------------------------------------------------------------
+
+    def _w(self, layer: int, name: str) -> torch.Tensor | None:
+        return self.weights.get(f"{layer}.{name}")
+
+    @staticmethod
+    def _matmul(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.addmm(bias, flat, weight_t) if bias is not None else flat @ weight_t
+        return out.view(*x.shape[:-1], weight_t.shape[1])
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # as transformers' RMSNorm: normalise in fp32, scale in the compute dtype
+        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+    def rope(self, positions: torch.Tensor) -> torch.Tensor:
+        """Complex rotations (*positions.shape, 1, head_dim / 2) for integer ``positions``."""
+        angles = positions.float()[..., None, None] * self.inv_freq
+        return torch.polar(torch.full_like(angles, self.rope_scale), angles)
+
+    def _rotate(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+        pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+        return torch.view_as_real(pairs * rotation).flatten(-2).to(self.dtype)
+
+    def _attention_inputs(self, i: int, x: torch.Tensor, rotation: torch.Tensor):
+        """q (B, T, heads, D), k and v (B, T, kv heads, D) for the residual stream x (B, T, H), rope applied."""
+        B, T, _ = x.shape
+        qkv = self._matmul(self._norm(x, self._w(i, "input_norm")), self._w(i, "qkv"), self._w(i, "qkv_bias"))
+        q, k, v = qkv.split([self.q_width, self.kv_width, self.kv_width], dim=-1)
+        q = q.view(B, T, self.num_heads, self.head_dim)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim)
+        if self._w(i, "q_norm") is not None:
+            q, k = self._norm(q, self._w(i, "q_norm")), self._norm(k, self._w(i, "k_norm"))
+        return self._rotate(q, rotation), self._rotate(k, rotation), v.view(B, T, self.num_kv_heads, self.head_dim)
+
+    def _finish_layer(self, i: int, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """attended (B, heads, T, D) -> the residual stream after the attention output and the MLP."""
+        B, _, T, _ = attended.shape
+        x = x + self._matmul(attended.transpose(1, 2).reshape(B, T, -1), self._w(i, "o"), self._w(i, "o_bias"))
+        gate, up = self._matmul(self._norm(x, self._w(i, "post_norm")), self._w(i, "gate_up"),
+                                self._w(i, "gate_up_bias")).chunk(2, dim=-1)
+        return x + self._matmul(F.silu(gate) * up, self._w(i, "down"), self._w(i, "down_bias"))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of the positions in ``hidden`` (..., H), the residual stream before the final norm."""
+        w = self.weights
+        return self._matmul(self._norm(hidden, w["final_norm"]), w["head"], w["head_bias"]).float()
+
+    def prefill(self, ids: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Right-padded prompts ids (B, T) -> keys and values per layer (B, kv heads, T, D) and the residual stream
+        (B, T, H). Right padding needs no mask: a real position only sees earlier ones."""
+        B, T = ids.shape
+        rotation = self.rope(torch.arange(T, device=ids.device))
+        x = F.embedding(ids, self.weights["embed"])
+        keys, values = [], []
+        for i in range(self.num_layers):
+            q, k, v = self._attention_inputs(i, x, rotation)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+            keys.append(k)
+            values.append(v)
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling,
+                                                      enable_gqa=self.num_kv_heads != self.num_heads)
+            x = self._finish_layer(i, x, attended)
+        return keys, values, x
+
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
+               values: list[torch.Tensor], horizon: int) -> torch.Tensor:
+        """One token per slot: ``tokens``, ``positions`` (S,) -> logits (S, V). Writes each slot's key and value at
+        its position into ``keys[l]``, ``values[l]`` (≥ S slots, kv heads, length, D), then attends over the first
+        ``horizon`` positions, masked to those up to each slot's own."""
+        S = tokens.shape[0]
+        length = keys[0].shape[2]
+        heads = torch.arange(self.num_kv_heads, device=tokens.device)
+        # row of (slot, kv head, position) in a cache seen as (slots × kv heads × length, D)
+        rows = ((torch.arange(S, device=tokens.device)[:, None] * self.num_kv_heads + heads) * length
+                + positions[:, None]).flatten()
+        rotation = self.rope(positions[:, None])
+        visible = (torch.arange(horizon, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
+
+        x = F.embedding(tokens[:, None], self.weights["embed"])
+        for i, (key_cache, value_cache) in enumerate(zip(keys, values)):
+            q, k, v = self._attention_inputs(i, x, rotation)
+            key_cache.view(-1, self.head_dim).index_copy_(0, rows, k.reshape(-1, self.head_dim))
+            value_cache.view(-1, self.head_dim).index_copy_(0, rows, v.reshape(-1, self.head_dim))
+            # one query per slot: plain matmuls beat a fused attention kernel here, and the heads sharing a kv head
+            # are its rows (no repeat of the cache for grouped-query attention)
+            grouped = q.view(S, self.num_kv_heads, -1, self.head_dim)
+            scores = (grouped @ key_cache[:S, :, :horizon].transpose(2, 3)).float().mul_(self.scaling)
+            weights = scores.masked_fill_(~visible, float("-inf")).softmax(dim=-1).to(self.dtype)
+            attended = (weights @ value_cache[:S, :, :horizon]).view(S, self.num_heads, 1, self.head_dim)
+            x = self._finish_layer(i, x, attended)
+        return self.logits(x[:, 0])
+
+
+# --- sampling ------------------------------------------------------------------------------------------------------
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (int64 tensors holding values < 2^32; products stay below 2^63)."""
+    x = ((x ^ (x >> 16)) * 0x045D9F3B) & _MASK32
+    x = ((x ^ (x >> 16)) * 0x045D9F3B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def uniforms(seed: int, sequence: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """One number in [0, 1) per (seed, sequence id, token index), independent of batch, slot and device (N,)."""
+    x = _mix32(torch.full_like(sequence, seed & _MASK32) ^ _mix32(sequence & _MASK32))
+    x = _mix32(x ^ _mix32((index + 0x9E3779B9) & _MASK32))
+    return (x.double() + 0.5).div(2.0 ** 32).float()
+
+
+def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Logits (N, V) -> the log-distribution tokens are drawn from: temperature, then top-k, then top-p, in
+    transformers' order and with its rules (top-k keeps ties with the k-th value; top-p removes the tokens whose
+    ascending cumulative probability is ≤ 1 − top_p and always keeps the most likely one)."""
+    if params.temperature <= 0:
+        return torch.log_softmax(logits, dim=-1)
+    scores = logits / params.temperature if params.temperature != 1.0 else logits
+    if params.top_k and params.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        ascending, order = torch.sort(scores, dim=-1, descending=False)
+        cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= 1 - params.top_p
+        remove[..., -1] = False
+        scores = scores.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+    return torch.log_softmax(scores, dim=-1)
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams,
+                u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens (N,) and their logprobs (N,) under the warped distribution, from fp32 logits (N, V) and one number in
+    [0, 1) per row ``u`` (N,) (``uniforms``; unused when ``params.temperature`` is 0: greedy)."""
+    logp = warp(logits, params)
+    if params.temperature <= 0:
+        tokens = logp.argmax(dim=-1)
+    else:  # inverse CDF: the first token whose cumulative probability passes the row's number
+        cdf = logp.exp().cumsum(dim=-1)
+        tokens = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True).squeeze(1)
+        # rounding can put the number at the very top of the cdf: take the likeliest token then, never one cut off
+        tokens = torch.where(tokens < cdf.shape[-1], tokens, logp.argmax(dim=-1))
+    return tokens, logp.gather(1, tokens[:, None]).squeeze(1)
+
+
+# --- the engine ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Prompts:
+    """A chunk of prompts prefilled together: per layer keys/values (P, kv heads, T, D), their next-token logits."""
+
+    first: int  # index of the chunk's first prompt
+    lengths: list[int]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    logits: torch.Tensor  # (P, V)
+
+
+class FastEngine:
+    """Samples with the compact forward: prompts × n sequences through ``max_slots`` cache slots.
+
+    ``dtype``: compute dtype (None: the model's; e.g. ``torch.bfloat16`` on a GPU with fp32 master weights).
+    ``prefill_batch``: prompts per prefill. ``check_every``: decode steps between the host's looks at which sequences
+    ended (1 on a CPU, where the look costs nothing; more on a GPU, where it waits for the device).
+    """
+
+    name = "fast"
+
+    def __init__(self, model, tokenizer, *, max_slots: int = 256, dtype: torch.dtype | None = None,
+                 prefill_batch: int = 32, check_every: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.compact = CompactModel(model, dtype)
+        self.stale = False
+        self.max_slots = max_slots
+        self.prefill_batch = prefill_batch
+        self.check_every = check_every or (1 if self.compact.device.type == "cpu" else 8)
+
+    def sync_weights(self) -> None:
+        """After an optimizer step: the engine's copy is refreshed (in place) before it next samples."""
+        self.stale = True
+
+    def _prefill(self, prompt_ids: list[list[int]], first: int) -> _Prompts:
+        compact = self.compact
+        chunk = prompt_ids[first:first + self.prefill_batch]
+        lengths = [len(ids) for ids in chunk]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([ids + [pad] * (max(lengths) - len(ids)) for ids in chunk], device=compact.device)
+        keys, values, hidden = compact.prefill(ids)
+        last = torch.tensor(lengths, device=compact.device) - 1
+        logits = compact.logits(hidden[torch.arange(len(chunk), device=compact.device), last])
+        return _Prompts(first, lengths, keys, values, logits)
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], n: int, params: SamplingParams) -> list[list[Generation]]:
+        if not prompts:
+            return []
+        if self.stale:
+            self.compact.refresh()
+            self.stale = False
+        compact, tokenizer = self.compact, self.tokenizer
+        device = compact.device
+        prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        if any(not ids for ids in prompt_ids):
+            raise ValueError("the fast engine cannot sample from an empty prompt")
+        window = _sliding_window(compact.config)
+        if window is not None and max(len(ids) for ids in prompt_ids) + params.max_new_tokens > window:
+            log.info(f"engine fast: sequences longer than the sliding window ({window}): this call samples with "
+                     f"transformers' generate")
+            return TransformersEngine(self.model, tokenizer).generate(prompts, n, params)
+        eos_id = tokenizer.eos_token_id
+        max_new = params.max_new_tokens
+        total = len(prompts) * n
+        slots = min(self.max_slots, total)
+        length = max(len(ids) for ids in prompt_ids) + max_new
+        # the random number of every (sequence, token index), drawn once
+        numbers = uniforms(params.seed, torch.arange(total, device=device)[:, None],
+                           torch.arange(max_new, device=device)[None, :]) if params.temperature > 0 else None
+        cache_shape = (slots, compact.num_kv_heads, length, compact.head_dim)
+        # zeros, not empty: a masked position still multiplies its value by 0, and 0 × NaN from stale memory is NaN
+        keys = [torch.zeros(cache_shape, device=device, dtype=compact.dtype) for _ in range(compact.num_layers)]
+        values = [torch.zeros(cache_shape, device=device, dtype=compact.dtype) for _ in range(compact.num_layers)]
+        out_tokens = torch.zeros(slots, max_new, dtype=torch.long, device=device)
+        out_logprobs = torch.zeros(slots, max_new, dtype=torch.float32, device=device)
+        # per slot, on the device: the sequence it holds, the last token, its position, tokens generated so far
+        sequence = torch.zeros(slots, dtype=torch.long, device=device)
+        last = torch.zeros(slots, dtype=torch.long, device=device)
+        position = torch.zeros(slots, dtype=torch.long, device=device)
+        count = torch.zeros(slots, dtype=torch.long, device=device)
+        done = torch.ones(slots, dtype=torch.bool, device=device)
+        held = [-1] * slots  # host copy of `sequence` (-1: free)
+        results: list[Generation | None] = [None] * total
+        chunks: dict[int, _Prompts] = {}
+        next_sequence, horizon, live = 0, 0, slots
+
+        def fill(free: list[int]) -> None:
+            """Give each free slot the next queued sequence: copy its prompt's cache rows, sample its first token."""
+            nonlocal next_sequence, horizon
+            taken = []
+            while free and next_sequence < total:
+                slot, seq = free.pop(0), next_sequence
+                next_sequence += 1
+                taken.append((slot, seq))
+            by_chunk: dict[int, list[tuple[int, int]]] = {}
+            for slot, seq in taken:
+                prompt = seq // n
+                first = prompt - prompt % self.prefill_batch
+                if first not in chunks:
+                    chunks[first] = self._prefill(prompt_ids, first)
+                by_chunk.setdefault(first, []).append((slot, seq))
+            for first, pairs in by_chunk.items():
+                chunk = chunks[first]
+                slot_index = torch.tensor([s for s, _ in pairs], device=device)
+                seq_index = torch.tensor([q for _, q in pairs], device=device)
+                rows = seq_index // n - first
+                width = chunk.keys[0].shape[2]
+                for cache, prompt_cache in zip(keys + values, chunk.keys + chunk.values):
+                    cache[slot_index, :, :width] = prompt_cache[rows]
+                token, logprob = sample_next(chunk.logits[rows], params,
+                                             numbers[seq_index, 0] if numbers is not None else None)
+                lengths = torch.tensor(chunk.lengths, device=device)[rows]
+                sequence[slot_index], last[slot_index], position[slot_index] = seq_index, token, lengths
+                count[slot_index] = 1
+                out_tokens[slot_index, 0], out_logprobs[slot_index, 0] = token, logprob
+                done[slot_index] = (token == eos_id) | (max_new <= 1)
+                for slot, seq in pairs:
+                    held[slot] = seq
+                horizon = max(horizon, max(chunk.lengths[q // n - first] for _, q in pairs))
+            for first in [f for f in chunks if f + self.prefill_batch <= next_sequence // n]:
+                del chunks[first]  # every sequence of these prompts has a slot: their rows are no longer needed
+
+        def collect() -> list[int]:
+            """Record the finished sequences; returns their (now free) slots."""
+            flags = done[:live].tolist()  # the one wait for the device per check
+            finished = [s for s in range(live) if held[s] >= 0 and flags[s]]
+            for slot in finished:
+                seq = held[slot]
+                made = int(count[slot])
+                ids = out_tokens[slot, :made].tolist()
+                ended = ids[-1] == eos_id
+                text = tokenizer.decode(ids[:-1] if ended else ids, skip_special_tokens=True)
+                results[seq] = Generation(prompt_ids[seq // n], ids, text, not ended,
+                                          logprobs=out_logprobs[slot, :made].tolist())
+                held[slot] = -1
+            return finished
+
+        fill(list(range(slots)))
+        steps = 0
+        while True:
+            if steps % self.check_every == 0:
+                free = collect()
+                if next_sequence < total:
+                    fill(free)
+                elif all(h < 0 for h in held[:live]):
+                    break
+                else:
+                    live, horizon = self._compact(held, live, keys, values, out_tokens, out_logprobs,
+                                                  (sequence, last, position, count, done), horizon)
+            logits = compact.decode(last[:live], position[:live].clamp(max=length - 1), keys, values,
+                                    min(horizon + 1, length))
+            column = count[:live].clamp(max=max_new - 1)
+            token, logprob = sample_next(logits, params,
+                                         numbers[sequence[:live], column] if numbers is not None else None)
+            active = ~done[:live]
+            rows = torch.arange(live, device=device)
+            out_tokens[rows, column] = torch.where(active, token, out_tokens[rows, column])
+            out_logprobs[rows, column] = torch.where(active, logprob, out_logprobs[rows, column])
+            last[:live] = torch.where(active, token, last[:live])
+            position[:live] += active
+            count[:live] += active
+            done[:live] |= active & ((token == eos_id) | (count[:live] >= max_new))
+            horizon = min(horizon + 1, length)
+            steps += 1
+        return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    @staticmethod
+    def _compact(held: list[int], live: int, keys, values, out_tokens, out_logprobs, state, horizon: int):
+        """With no sequence left to queue: move the slots still running to the front so the batch shrinks to them.
+        Returns the new (live, horizon)."""
+        running = [s for s in range(live) if held[s] >= 0]
+        if len(running) == live:
+            return live, horizon
+        index = torch.tensor(running, device=out_tokens.device)
+        for tensor in (*keys, *values, out_tokens, out_logprobs, *state):
+            tensor[:len(running)] = tensor[index]
+        for new, old in enumerate(running):
+            held[new] = held[old]
+        for slot in range(len(running), live):
+            held[slot] = -1
+        return len(running), horizon

@@ -1,0 +1,218 @@
+"""r1lab's own engine (r1lab.engine.fast) against transformers' generate and the trainer's logprobs, on the tiny
+model and on tiny random models of the real architectures built on the spot (fp32, CPU)."""
+
+import logging
+
+import pytest
+import torch
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM, TopKLogitsWarper, TopPLogitsWarper)
+
+from r1lab.engine import FastEngine, SamplingParams, TransformersEngine, make_engine, unsupported_reason
+from r1lab.engine.fast import sample_next, uniforms, warp
+from r1lab.logprobs import completion_logprobs, make_batch
+from r1lab.models import build_tiny_model, build_tiny_tokenizer
+
+PROMPTS = ["12+34=", "A conversation: what is 7*8? <think>", "9"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tiny_tokenizer()
+
+
+def _small(tok, kind: str):
+    torch.manual_seed(11)
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    if kind == "tiny":
+        return build_tiny_model(tok, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=96, seed=5)
+    if kind == "qwen2":  # grouped-query attention, qkv bias, tied head
+        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
+    elif kind == "qwen3":  # q/k norms, head_dim not hidden/heads, untied head
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=24, tie_word_embeddings=False))
+    elif kind == "llama":  # Llama 3.x rope scaling, untied head, biases in attention and MLP
+        model = LlamaForCausalLM(LlamaConfig(**common, attention_bias=True, mlp_bias=True, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}))
+    elif kind == "mistral":
+        model = MistralForCausalLM(MistralConfig(**common, sliding_window=None))
+    else:
+        raise ValueError(kind)
+    with torch.no_grad():  # random init has tiny weights; larger ones give peaked, varied next-token distributions
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+            elif "bias" in str(p.shape) or p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def _ids(out):
+    return [g.completion_ids for group in out for g in group]
+
+
+@pytest.mark.parametrize("kind", ["tiny", "qwen2", "qwen3", "llama", "mistral"])
+def test_greedy_tokens_equal_transformers_generate(tok, kind):
+    model = _small(tok, kind)
+    assert unsupported_reason(model) is None
+    params = SamplingParams(temperature=0.0, max_new_tokens=24)
+    expected = TransformersEngine(model, tok).generate(PROMPTS, 1, params)
+    got = FastEngine(model, tok, max_slots=2).generate(PROMPTS, 1, params)
+    assert _ids(got) == _ids(expected)
+    assert [g.truncated for group in got for g in group] == [g.truncated for group in expected for g in group]
+    for a, b in zip(got, expected):
+        assert a[0].logprobs == pytest.approx(b[0].logprobs, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["tiny", "qwen3"])
+def test_sampling_logprobs_equal_the_trainers(tok, kind):
+    model = _small(tok, kind)
+    out = FastEngine(model, tok).generate(PROMPTS, 4, SamplingParams(temperature=1.0, max_new_tokens=20, seed=3))
+    generations = [g for group in out for g in group]
+    batch = make_batch([g.prompt_ids for g in generations], [g.completion_ids for g in generations],
+                       tok.pad_token_id)
+    with torch.no_grad():
+        trainer = completion_logprobs(model, batch)[0]
+    for row, g in enumerate(generations):
+        assert len(g.logprobs) == len(g.completion_ids)
+        assert g.logprobs == pytest.approx(trainer[row, :len(g.completion_ids)].tolist(), abs=1e-5)
+
+
+def test_same_seed_same_completions_other_seed_differs(tok):
+    engine = FastEngine(_small(tok, "tiny"), tok)
+    params = SamplingParams(temperature=1.0, max_new_tokens=16, seed=7)
+    a, b = engine.generate(PROMPTS, 4, params), engine.generate(PROMPTS, 4, params)
+    c = engine.generate(PROMPTS, 4, SamplingParams(temperature=1.0, max_new_tokens=16, seed=8))
+    assert _ids(a) == _ids(b) and _ids(a) != _ids(c)
+
+
+def _eos_prone(tok):
+    """A model whose completions end at very different lengths (EOS is likely, but not dominant)."""
+    model = _small(tok, "qwen3")
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] = model.model.norm.weight.sign() * 0.6
+    return model
+
+
+def test_slot_refill_gives_the_completions_of_one_sequence_at_a_time(tok):
+    model = _eos_prone(tok)
+    params = SamplingParams(temperature=1.0, max_new_tokens=40, seed=2)
+    prompts = PROMPTS * 3
+    refilled = FastEngine(model, tok, max_slots=5).generate(prompts, 4, params)
+    lengths = [len(ids) for ids in _ids(refilled)]
+    assert min(lengths) * 4 <= max(lengths), lengths  # the test needs very different lengths
+    assert _ids(refilled) == _ids(FastEngine(model, tok, max_slots=1).generate(prompts, 4, params))
+    assert _ids(refilled) == _ids(FastEngine(model, tok, max_slots=64).generate(prompts, 4, params))
+
+
+def test_shared_prefill_gives_the_completions_of_separate_prefills(tok):
+    model = _small(tok, "llama")
+    params = SamplingParams(temperature=0.9, top_p=0.9, max_new_tokens=12, seed=4)
+    shared = FastEngine(model, tok).generate([PROMPTS[1]], 5, params)  # one prefill, copied into 5 slots
+    separate = FastEngine(model, tok, prefill_batch=1).generate([PROMPTS[1]] * 5, 1, params)  # 5 prefills
+    assert _ids(shared) == _ids(separate)
+
+
+def test_eos_and_truncation_flags(tok):
+    model = _eos_prone(tok)
+    out = FastEngine(model, tok).generate(PROMPTS, 8, SamplingParams(temperature=1.0, max_new_tokens=10, seed=0))
+    seen = set()
+    for g in (g for group in out for g in group):
+        ended = g.completion_ids[-1] == tok.eos_token_id
+        assert g.truncated == (not ended)
+        assert tok.eos_token_id not in g.completion_ids[:-1]
+        assert g.truncated == (len(g.completion_ids) == 10) or not g.truncated
+        assert g.text == tok.decode(g.completion_ids[:-1] if ended else g.completion_ids, skip_special_tokens=True)
+        seen.add(g.truncated)
+    assert seen == {True, False}
+
+
+def test_warp_matches_transformers_warpers():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50) * 3
+    logits[0, :5] = 4.0  # ties at the top-k boundary
+    for temperature, top_k, top_p in ((0.7, 0, 0.9), (1.0, 5, 1.0), (1.3, 8, 0.8), (1.0, 0, 0.5)):
+        scores = logits / temperature
+        if top_k:
+            scores = TopKLogitsWarper(top_k)(None, scores)
+        if top_p < 1:
+            scores = TopPLogitsWarper(top_p)(None, scores)
+        expected = torch.log_softmax(scores, dim=-1)
+        got = warp(logits, SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p))
+        assert torch.equal(torch.isinf(got), torch.isinf(expected))
+        finite = torch.isfinite(expected)
+        assert torch.allclose(got[finite], expected[finite], atol=1e-6)
+
+
+def test_sampling_follows_the_distribution_and_never_a_cut_token():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(20000, 4)
+    u = uniforms(1, torch.arange(20000), torch.zeros(20000, dtype=torch.long))
+    assert 0.0 <= u.min() and u.max() < 1.0
+    tokens, logprobs = sample_next(logits, SamplingParams(temperature=1.0, top_p=0.7), u)
+    counts = torch.bincount(tokens, minlength=4).float() / 20000
+    # top-p 0.7 keeps {0.5, 0.3}: renormalised to 0.625 / 0.375
+    assert counts[2:].sum() == 0
+    assert counts[0].item() == pytest.approx(0.625, abs=0.02)
+    assert logprobs[tokens == 0].exp().mean().item() == pytest.approx(0.625, abs=1e-6)
+    # the very top of [0, 1): rounding puts u × total at the top of the cdf; the likeliest token, never a cut one
+    tokens, _ = sample_next(logits[:1], SamplingParams(temperature=1.0, top_p=0.7), torch.tensor([1.0]))
+    assert tokens.item() == 0
+
+
+def test_lora_policy_samples_with_merged_adapters_refreshed_after_a_step(tok):
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(_small(tok, "qwen2"), peft.LoraConfig(r=4, lora_alpha=8,
+                                                                       target_modules=["q_proj", "v_proj", "up_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    params = SamplingParams(temperature=0.0, max_new_tokens=16)
+    engine = FastEngine(model, tok)
+    assert _ids(engine.generate(PROMPTS, 1, params)) == _ids(TransformersEngine(model, tok).generate(PROMPTS, 1,
+                                                                                                    params))
+    with torch.no_grad():  # an "optimizer step" on the adapters
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    expected = _ids(TransformersEngine(model, tok).generate(PROMPTS, 1, params))
+    engine.sync_weights()
+    assert _ids(engine.generate(PROMPTS, 1, params)) == expected
+
+
+def test_weights_are_refreshed_only_when_told(tok):
+    model = _small(tok, "tiny")
+    engine = FastEngine(model, tok)
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    before = _ids(engine.generate(PROMPTS, 1, params))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)  # tied with the embedding: every output changes
+    assert _ids(engine.generate(PROMPTS, 1, params)) == before  # its own copy: the step is not seen yet
+    engine.sync_weights()
+    assert _ids(engine.generate(PROMPTS, 1, params)) == _ids(TransformersEngine(model, tok).generate(PROMPTS, 1,
+                                                                                                    params))
+
+
+def test_unsupported_architecture_falls_back_with_a_log_line(tok, caplog):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128))
+    with caplog.at_level(logging.INFO, logger="r1lab"):
+        engine = make_engine("auto", model, tok)
+    assert isinstance(engine, TransformersEngine)
+    assert "engine auto: transformers' generate (architecture 'gpt2'" in caplog.text
+    with pytest.raises(ValueError, match="engine 'fast' cannot run this model: architecture 'gpt2'"):
+        make_engine("fast", model, tok)
+    assert isinstance(make_engine("auto", _small(tok, "tiny"), tok), FastEngine)
+
+
+def test_sliding_window_shorter_than_the_sequences_falls_back(tok, caplog):
+    model = _small(tok, "mistral")
+    model.config.sliding_window = 8
+    params = SamplingParams(temperature=0.0, max_new_tokens=10)
+    with caplog.at_level(logging.INFO, logger="r1lab"):
+        out = FastEngine(model, tok).generate(PROMPTS, 1, params)
+    assert "longer than the sliding window (8)" in caplog.text
+    assert _ids(out) == _ids(TransformersEngine(model, tok).generate(PROMPTS, 1, params))
