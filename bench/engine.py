@@ -84,6 +84,7 @@ def r1lab_grpo(model_dir: Path, out: Path, steps: int, engine: str) -> dict:
                                   "warmup_steps": 0, "kl_coef": 0.0, "loss_aggregation": "token",
                                   "eval_every": 0, "save_every": 0, "eval": False, "samples_every": 0,
                                   "rewards": {"accuracy": 1.0, "format": 0.1}}}}
+    out.mkdir(parents=True, exist_ok=True)
     path = out / f"grpo-{engine}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run_recipe(path, quiet=True)
