@@ -6,9 +6,9 @@ criteria, a cache that grows by concatenation, a mask rebuilt every step) and pr
 engines RL trainers use instead (vLLM, SGLang; Kwon et al., arXiv 2309.06180 for the paged KV cache behind them) cannot
 be installed everywhere. This one is plain PyTorch and reads the Hugging Face model's own weights:
 
-* **Weights**: views of the policy's parameters when the engine computes in their dtype (nothing to copy: an
-  optimizer step is seen at once), or the engine's own buffers, refreshed in place by ``sync_weights`` after every
-  optimizer step, when it computes in another dtype or the policy is a LoRA model (base + scale · B·A, merged).
+* **Weights**: the engine's own copy, arranged for decoding (transposed, q/k/v and gate/up fused, in the compute
+  dtype, LoRA adapters merged), refreshed in place before the first sampling after each optimizer step
+  (``sync_weights``), so its storage never moves.
 * **Slots**: a (slots, kv heads, length, head dim) cache per layer. One call takes all prompts × n; when a sequence
   ends (EOS or ``max_new_tokens``) its slot takes the next queued one, and once the queue is empty the live slots
   are moved to the front so that the batch shrinks with them (a few long completions do not keep the batch busy).
