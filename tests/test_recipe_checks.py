@@ -85,6 +85,7 @@ BAD = [
     ("device=gpu", "device = 'gpu': must be auto, cpu, cuda, cuda:N"),
     ("device=cuda:x", "device = 'cuda:x': must be auto, cpu, cuda, cuda:N"),
     ("engine=vllm", "engine = 'vllm': must be one of auto, fast, transformers, hf"),
+    ("precision=fp8", "precision = 'fp8': must be one of full, bf16-mixed"),
     ("threads=-1", "threads = -1: must be at least 0"),
     ("name=../elsewhere", "name = '../elsewhere': must be a plain folder name inside output_dir"),
     ("name=/tmp/abs", "name = '/tmp/abs': must be a plain folder name inside output_dir"),
@@ -231,3 +232,10 @@ def test_side_by_side_reports_the_problems_of_every_recipe_and_a_bad_jobs_before
     with pytest.raises(ConfigError, match=r"--jobs = -1 \(command line\): must be at least 1"):
         run_side_by_side([str(ROOT / "recipes/tiny/aha.yaml"), str(ROOT / "recipes/tiny/ppo.yaml")], [], jobs=-1)
     assert not (tmp_path / "runs").exists()
+
+
+def test_bf16_mixed_needs_fp32_master_weights(tmp_path):
+    lines = problems_of(recipe(tmp_path), ["precision=bf16-mixed", "dtype=bfloat16"])
+    assert any(line.strip().startswith("precision = 'bf16-mixed': bf16-mixed keeps fp32 master weights: set dtype: "
+                                       "float32 (it is bfloat16)") for line in lines), lines
+    assert not problems_of(recipe(tmp_path), ["precision=bf16-mixed"])
