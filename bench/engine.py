@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from report_json import emit  # noqa: E402
 import yaml  # noqa: E402
 
 SIZES = {  # name -> tiny-model shape (hidden, layers, heads, intermediate)
@@ -192,10 +193,7 @@ def main() -> None:
                     "step_seconds"]
             entry["ratios"] = {k: round(v, 2) for k, v in ratios.items()}
             results[size] = entry
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ with each engine is ``bench/gpu_engine.sh``'s second part. Prints one JSON objec
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from report_json import emit  # noqa: E402
 
 QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                   num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True,
@@ -100,10 +100,7 @@ def main() -> None:
     results["fast"]["weight_refresh_ms"] = round(1000 * min(times), 2)
     results["ratios"] = {key: round(results["transformers"][key]["ms_per_step"] / results["fast"][key]["ms_per_step"],
                                     2) for key in ("64x1024", "256_in_flight")}
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":
