@@ -9,7 +9,7 @@ from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralF
                           Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM, TopKLogitsWarper, TopPLogitsWarper)
 
 from r1lab.engine import FastEngine, SamplingParams, TransformersEngine, make_engine, unsupported_reason
-from r1lab.engine.fast import sample_next, uniforms, warp
+from r1lab.engine.fast import CompactModel, HFSlotModel, sample_next, uniforms, warp
 from r1lab.logprobs import completion_logprobs, make_batch
 from r1lab.models import build_tiny_model, build_tiny_tokenizer
 
@@ -195,17 +195,59 @@ def test_weights_are_refreshed_only_when_told(tok):
                                                                                                     params))
 
 
-def test_unsupported_architecture_falls_back_with_a_log_line(tok, caplog):
+def _gpt2(tok):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                                       eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+def test_another_architecture_runs_its_own_forward_in_the_slot_engine(tok, caplog):
+    model = _gpt2(tok)  # learned absolute positions, Conv1D layers: nothing the compact forward knows
     with caplog.at_level(logging.INFO, logger="r1lab"):
         engine = make_engine("auto", model, tok)
-    assert isinstance(engine, TransformersEngine)
-    assert "engine auto: transformers' generate (architecture 'gpt2'" in caplog.text
+    assert isinstance(engine, FastEngine) and isinstance(engine.compact, HFSlotModel)
+    assert "engine auto: the model's own forward in r1lab's slot engine (architecture 'gpt2'" in caplog.text
+    params = SamplingParams(temperature=0.0, max_new_tokens=20)
+    expected = TransformersEngine(model, tok).generate(PROMPTS, 1, params)
+    got = engine.generate(PROMPTS, 1, params)
+    assert _ids(got) == _ids(expected) and engine.fallback is None
+    for a, b in zip(got, expected):
+        assert a[0].logprobs == pytest.approx(b[0].logprobs, abs=1e-5)
     with pytest.raises(ValueError, match="engine 'fast' cannot run this model: architecture 'gpt2'"):
         make_engine("fast", model, tok)
-    assert isinstance(make_engine("auto", _small(tok, "tiny"), tok), FastEngine)
+    assert isinstance(make_engine("auto", _small(tok, "tiny"), tok).compact, CompactModel)
+
+
+def test_the_models_own_forward_gives_the_compact_forwards_completions(tok):
+    model = _small(tok, "qwen3")
+    params = SamplingParams(temperature=1.0, max_new_tokens=16, seed=3)
+    compact = FastEngine(model, tok, forward="compact", max_slots=5).generate(PROMPTS, 4, params)
+    own = FastEngine(model, tok, forward="hf", max_slots=5).generate(PROMPTS, 4, params)
+    assert _ids(compact) == _ids(own)
+    for a, b in zip((g for group in compact for g in group), (g for group in own for g in group)):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+def test_a_model_whose_cache_the_slots_cannot_drive_falls_back_to_generate(tok, caplog, monkeypatch):
+    def incompatible(self, prompts, pad_id):
+        raise RuntimeError("the model's cache layout is not the one the slot engine expects")
+
+    monkeypatch.setattr(HFSlotModel, "prefill_last", incompatible)
+    model = _gpt2(tok)
+    engine = make_engine("auto", model, tok)
+    params = SamplingParams(temperature=0.0, max_new_tokens=8)
+    with caplog.at_level(logging.INFO, logger="r1lab"):
+        got = engine.generate(PROMPTS, 1, params)
+    assert "cannot drive the slot cache (RuntimeError: the model's cache layout" in caplog.text
+    assert isinstance(engine.fallback, TransformersEngine)
+    assert _ids(got) == _ids(TransformersEngine(model, tok).generate(PROMPTS, 1, params))
 
 
 def test_sliding_window_shorter_than_the_sequences_falls_back(tok, caplog):

@@ -1,9 +1,10 @@
 """Generation engines. The trainers only see the `Engine` interface.
 
-``auto`` (the default) samples with r1lab's own engine (``FastEngine``: compact forward, KV cache in slots, shared
-prompt prefill) when the model's architecture is one it knows (Llama / Qwen2 / Qwen3 / Mistral, the tiny model) and
-with ``TransformersEngine`` (``generate``, any causal LM) otherwise, saying which and why; ``fast`` insists on the
-former (an error names what it cannot run), ``transformers`` on the latter.
+``auto`` (the default) samples with r1lab's own engine (``FastEngine``: KV cache in slots, shared prompt prefill,
+sampling on the device) with its compact forward when the model's architecture is one it knows (Llama / Qwen2 /
+Qwen3 / Mistral, the tiny model) and with the model's own forward over the same slots otherwise, saying why (and
+with ``generate`` if even that fails); ``fast`` insists on the compact forward (an error names what it cannot run);
+``transformers`` samples with ``TransformersEngine`` (``generate``).
 """
 
 import logging
@@ -31,9 +32,9 @@ def make_engine(name: str, model, tokenizer, **options) -> Engine:
     if reason is None:
         return FastEngine(model, tokenizer, **options)
     if name == "fast":
-        raise ValueError(f"engine 'fast' cannot run this model: {reason}; use engine: auto (falls back to "
-                         f"transformers' generate) or engine: transformers")
+        raise ValueError(f"engine 'fast' cannot run this model: {reason}; use engine: auto (the model's own forward "
+                         f"in r1lab's slot engine) or engine: transformers")
     if reason not in _told:
         _told.add(reason)
-        log.info(f"engine auto: transformers' generate ({reason})")
-    return TransformersEngine(model, tokenizer, dtype=options.get("dtype"))
+        log.info(f"engine auto: the model's own forward in r1lab's slot engine ({reason})")
+    return FastEngine(model, tokenizer, forward="hf", **options)

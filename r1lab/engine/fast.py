@@ -18,18 +18,22 @@ be installed everywhere. This one is plain PyTorch and reads the Hugging Face mo
   ran in or what ran beside it: the same seed gives the same completions with any number of slots. The logprob of
   each sampled token under the distribution it was drawn from is returned with it.
 
-The family is recognised by ``model_type``; any other architecture, a rope variant that changes with the sequence
-length, or a sliding window shorter than a call's sequences makes ``make_engine("auto", ...)`` fall back to
-``TransformersEngine`` (``unsupported_reason`` says why).
+The family is recognised by ``model_type`` (``unsupported_reason`` says why a model is not). Any other causal LM runs
+its own Hugging Face forward in the same slots (``HFSlotModel``: the slot tensors are handed to its attention layers
+as a transformers ``Cache``, with explicit positions and 4D masks); a model whose layers cannot use that cache, and
+a call whose sequences are longer than a sliding window, sample with ``TransformersEngine`` instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import Cache
 
 from r1lab.engine.base import Generation, SamplingParams
 from r1lab.engine.hf import TransformersEngine
@@ -262,6 +266,15 @@ class CompactModel:
             x = self._finish_layer(i, x, attended)
         return keys, values, x
 
+    def prefill_last(self, prompts: list[list[int]], pad_id: int):
+        """Prompts -> keys and values per layer (P, kv heads, T, D) with prompt p in positions [0, len p), and the
+        logits (P, V) of the token after each prompt."""
+        lengths = [len(ids) for ids in prompts]
+        ids = torch.tensor([ids + [pad_id] * (max(lengths) - len(ids)) for ids in prompts], device=self.device)
+        keys, values, hidden = self.prefill(ids)
+        last = torch.tensor(lengths, device=self.device) - 1
+        return keys, values, self.logits(hidden[torch.arange(len(prompts), device=self.device), last])
+
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
                values: list[torch.Tensor], horizon: int) -> torch.Tensor:
         """One token per slot: ``tokens``, ``positions`` (S,) -> logits (S, V). Writes each slot's key and value at
@@ -289,6 +302,112 @@ class CompactModel:
             attended = (weights @ value_cache[:S, :, :horizon]).view(S, self.num_heads, 1, self.head_dim)
             x = self._finish_layer(i, x, attended)
         return self.logits(x[:, 0])
+
+
+# --- any other causal LM: the Hugging Face model itself over the same slots ---------------------------------------
+
+class _SlotCache(Cache):
+    """The engine's slot tensors behind transformers' ``Cache`` interface, so that a Hugging Face model's own attention
+    layers read and write them. Prefill (``rows`` None): keeps each layer's keys and values as computed. Decode:
+    writes the one new key and value of each slot at its row of the flattened cache (``rows``) and returns the first
+    ``horizon`` positions of every slot; the 4D mask passed with it hides what a slot must not see."""
+
+    def __init__(self, keys: list, values: list, rows: torch.Tensor | None = None, horizon: int = 0):
+        super().__init__(layers=[])
+        self.keys, self.values, self.rows, self.horizon = keys, values, rows, horizon
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if self.rows is None:
+            self.keys.append(key_states)
+            self.values.append(value_states)
+            return key_states, value_states
+        key_cache, value_cache = self.keys[layer_idx], self.values[layer_idx]
+        S, D = key_states.shape[0], key_states.shape[-1]
+        key_cache.view(-1, D).index_copy_(0, self.rows, key_states.reshape(-1, D).to(key_cache.dtype))
+        value_cache.view(-1, D).index_copy_(0, self.rows, value_states.reshape(-1, D).to(value_cache.dtype))
+        return key_cache[:S, :, :self.horizon], value_cache[:S, :, :self.horizon]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max(self.horizon - 1, 0)
+
+
+class HFSlotModel:
+    """The Hugging Face model's own forward with the engine's slot cache (``_SlotCache``) and explicit positions and
+    4D masks: the slot refill and shared prefill of ``FastEngine`` for a causal LM the compact forward does not know.
+    It samples from the live model (no copy of the weights); ``dtype``: compute under autocast in it (bf16-mixed)."""
+
+    def __init__(self, model, dtype: torch.dtype | None = None):
+        self.model = model
+        lm = _causal_lm(model)
+        config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+        self.config = config
+        self.device = next(lm.parameters()).device
+        self.autocast_dtype = dtype
+        self.dtype = dtype or next(lm.parameters()).dtype
+        self.num_layers = config.num_hidden_layers
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.packed_rows = None
+        # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns until 5.40)
+        parameters = inspect.signature(lm.forward).parameters
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+
+    def refresh(self) -> None:  # the live model: nothing to copy
+        pass
+
+    def pack_for(self, rows: int) -> None:
+        pass
+
+    def _forward(self, ids, mask, positions, cache):
+        precision = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+                     else contextlib.nullcontext())
+        with precision:
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=1, **{self.cache_argument: cache})
+        return out.logits[:, -1].float()
+
+    def _additive(self, visible: torch.Tensor) -> torch.Tensor:
+        """A boolean mask as the additive float mask every attention implementation accepts."""
+        blocked = torch.finfo(self.dtype).min
+        return torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill_(~visible, blocked)
+
+    def prefill_last(self, prompts: list[list[int]], pad_id: int):
+        """As ``CompactModel.prefill_last``. The prompts are padded on the left, so that every row's last token is
+        the last position (its logits are the only ones computed), then each row is moved to start at 0."""
+        lengths = [len(ids) for ids in prompts]
+        width = max(lengths)
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
+        real = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=self.device).bool()
+        positions = (real.long().cumsum(-1) - 1).clamp(min=0)
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
+        visible = causal[None, None] & real[:, None, None, :]
+        visible |= torch.eye(width, dtype=torch.bool, device=self.device)[None, None]  # pad rows see themselves
+        keys, values = [], []
+        logits = self._forward(ids, self._additive(visible), positions, _SlotCache(keys, values))
+        if len(keys) != self.num_layers or keys[0].shape[1:] != (self.num_kv_heads, width, self.head_dim):
+            raise RuntimeError(f"the model's cache layout {tuple(keys[0].shape)} × {len(keys)} layers is not the "
+                               f"(batch, kv heads, length, head dim) × {self.num_layers} the slot engine expects")
+        aligned_keys, aligned_values = [], []
+        for key, value in zip(keys, values):
+            aligned_k, aligned_v = torch.zeros_like(key), torch.zeros_like(value)
+            for row, n in enumerate(lengths):
+                aligned_k[row, :, :n] = key[row, :, width - n:]
+                aligned_v[row, :, :n] = value[row, :, width - n:]
+            aligned_keys.append(aligned_k)
+            aligned_values.append(aligned_v)
+        return aligned_keys, aligned_values, logits
+
+    def decode(self, tokens, positions, keys, values, horizon):
+        """As ``CompactModel.decode``."""
+        S = tokens.shape[0]
+        length = keys[0].shape[2]
+        heads = torch.arange(self.num_kv_heads, device=tokens.device)
+        rows = ((torch.arange(S, device=tokens.device)[:, None] * self.num_kv_heads + heads) * length
+                + positions[:, None]).flatten()
+        visible = (torch.arange(horizon, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
+        return self._forward(tokens[:, None], self._additive(visible), positions[:, None],
+                             _SlotCache(keys, values, rows, horizon))
 
 
 # --- sampling ------------------------------------------------------------------------------------------------------
@@ -358,7 +477,7 @@ class _Prompts:
 
 
 class FastEngine:
-    """Samples with the compact forward: prompts × n sequences through ``max_slots`` cache slots.
+    """Samples prompts × n sequences through ``max_slots`` cache slots, with the compact forward or the model's own.
 
     ``dtype``: compute dtype (None: the model's; e.g. ``torch.bfloat16`` on a GPU with fp32 master weights).
     ``prefill_batch``: prompts per prefill. ``check_every``: decode steps between the host's looks at which sequences
@@ -368,10 +487,16 @@ class FastEngine:
     name = "fast"
 
     def __init__(self, model, tokenizer, *, max_slots: int = 256, dtype: torch.dtype | None = None,
-                 prefill_batch: int = 32, check_every: int | None = None):
+                 prefill_batch: int = 32, check_every: int | None = None, forward: str = "auto"):
         self.model = model
         self.tokenizer = tokenizer
-        self.compact = CompactModel(model, dtype)
+        # ``forward``: "compact" (r1lab's, for the families it knows), "hf" (the model's own over the same slots) or
+        # "auto" (compact when it can)
+        if forward == "auto":
+            forward = "compact" if unsupported_reason(model) is None else "hf"
+        self.compact = CompactModel(model, dtype) if forward == "compact" else HFSlotModel(model, dtype)
+        self.fallback: TransformersEngine | None = None  # set when the model's own forward cannot drive the slots
+        self.dtype = dtype
         self.stale = False
         self.max_slots = max_slots
         self.prefill_batch = prefill_batch
@@ -382,18 +507,28 @@ class FastEngine:
         self.stale = True
 
     def _prefill(self, prompt_ids: list[list[int]], first: int) -> _Prompts:
-        compact = self.compact
         chunk = prompt_ids[first:first + self.prefill_batch]
-        lengths = [len(ids) for ids in chunk]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.tensor([ids + [pad] * (max(lengths) - len(ids)) for ids in chunk], device=compact.device)
-        keys, values, hidden = compact.prefill(ids)
-        last = torch.tensor(lengths, device=compact.device) - 1
-        logits = compact.logits(hidden[torch.arange(len(chunk), device=compact.device), last])
-        return _Prompts(first, lengths, keys, values, logits)
+        keys, values, logits = self.compact.prefill_last(chunk, pad)
+        return _Prompts(first, [len(ids) for ids in chunk], keys, values, logits)
+
+    def generate(self, prompts: list[str], n: int, params: SamplingParams) -> list[list[Generation]]:
+        if self.fallback is not None:
+            return self.fallback.generate(prompts, n, params)
+        if not isinstance(self.compact, HFSlotModel) or getattr(self, "_slots_proven", False):
+            return self._generate(prompts, n, params)
+        try:  # the first call proves that the model's attention layers work with the slot cache
+            result = self._generate(prompts, n, params)
+        except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as error:
+            log.info(f"engine: the model's own forward cannot drive the slot cache ({type(error).__name__}: "
+                     f"{error}); transformers' generate samples instead")
+            self.fallback = TransformersEngine(self.model, self.tokenizer, dtype=self.dtype)
+            return self.fallback.generate(prompts, n, params)
+        self._slots_proven = True
+        return result
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str], n: int, params: SamplingParams) -> list[list[Generation]]:
+    def _generate(self, prompts: list[str], n: int, params: SamplingParams) -> list[list[Generation]]:
         if not prompts:
             return []
         if self.stale:
