@@ -11,6 +11,8 @@ resumes from its last checkpoint. The run folder holds ``config.yaml``, ``metric
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ from r1lab.checkpoint import atomic_write_json, atomic_write_text, seed_everythi
 from r1lab.config import (ConfigError, ConfigProblems, Problem, apply_overrides, collect_config, override_keys,
                           read_yaml)
 from r1lab.console import Console
+from r1lab.dist import init_from_env
 from r1lab.evaluate import evaluate_model
 from r1lab.generation import Generator
 from r1lab.locks import run_folder_lock
@@ -97,14 +100,25 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     """Run (or resume) every stage of a recipe; returns the run folder. Every setting is checked first; a second
     process on the same run folder stops at once (``r1lab.locks.run_folder_lock``)."""
     run, stages = load_recipe(path, overrides)
+    place = init_from_env(run.device)  # under torchrun: join the process group (README, "Many processes")
+    if place.distributed and not place.is_main:  # rank 0 shows progress, logs and writes the run folder
+        run.output_dir = str(Path(run.output_dir) / f".rank{place.rank}")
+        quiet = True
+        logging.getLogger("r1lab").setLevel(logging.ERROR)
     console = Console(quiet)
+    if place.distributed:  # the processes of one machine share its cores
+        run.threads = max(1, (run.threads or os.cpu_count() or 1) // place.world_size)
     set_threads(run.threads)
     seed_everything(run.seed)
     device = resolve_device(run.device)
     run_dir = Path(run.output_dir) / run.name
     with run_folder_lock(run_dir):
         command = " ".join(["r1lab run", str(path), *overrides])
-        return _run_stages(path, run, stages, console, device, run_dir, command)
+        result = _run_stages(path, run, stages, console, device, run_dir, command)
+    if place.distributed and not place.is_main:  # its results are rank 0's: the scratch folder goes
+        shutil.rmtree(Path(run.output_dir), ignore_errors=True)
+        return Path(run.output_dir).parent / run.name
+    return result
 
 
 def _run_stages(path: str | Path, run: RunConfig, stages: dict[str, Any], console: Console, device,

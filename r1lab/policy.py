@@ -25,6 +25,7 @@ from typing import Callable, Literal
 import torch
 
 from r1lab.checkpoint import atomic_dir, load_training_state, save_training_state, set_rng_state
+from r1lab.dist import all_reduce_gradients, all_reduce_sum, sum_over_ranks, world
 from r1lab.lora import is_lora_model, load_lora_policy
 from r1lab.logprobs import Batch, completion_logprobs
 from r1lab.models import load_model, save_model, save_weights, write_tokenizer
@@ -194,6 +195,7 @@ class Policy:
         ("grad_norm" for the policy, "<group>_grad_norm" for the others; 0 when not clipping one group)."""
         norms: dict[str, float] = {}
         all_params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        all_reduce_gradients(all_params)  # under torchrun: each rank's loss was a share of the global one; sum them
         if len(self._group_names) > 1:  # one norm per group for the log, then one clip over all of them
             for name, group in zip(self._group_names, self.optimizer.param_groups):
                 grads = [p.grad.detach().float().norm() for p in group["params"] if p.grad is not None]
@@ -265,14 +267,16 @@ class Policy:
         in one pass, however it is split. Returns the weighted stats plus "loss" and "entropy" (token mean).
         A loss that is not finite stops training with an error naming ``name``.
         """
-        minibatch_tokens = batch.completion_mask[rows].sum().clamp(min=1)
+        # under torchrun the minibatch is every rank's rows: weights are shares of the global token or row count
+        minibatch_tokens = max(sum_over_ranks(batch.completion_mask[rows].sum().item()), 1.0)
+        minibatch_rows = sum_over_ranks(len(rows))
         totals: dict[str, float] = {}
         entropy_sum = 0.0
         for micro in rows.split(micro_batch_size or len(rows)):
             part = batch.select(micro)
             mask = part.completion_mask
-            weight = (mask.sum() / minibatch_tokens if weight_by == "tokens"
-                      else torch.tensor(len(micro) / len(rows))).item()
+            weight = (mask.sum().item() / minibatch_tokens if weight_by == "tokens"
+                      else torch.tensor(len(micro) / minibatch_rows).item())
             logprobs, entropy = self.logprobs(part, with_entropy=True)
             with self.autocast():  # a critic's forward inside the loss runs at the policy's precision too
                 loss, stats = loss_fn(micro, part, logprobs)
@@ -283,7 +287,11 @@ class Policy:
             entropy_sum += (entropy * mask).sum().item()
             for key, value in {"loss": loss.item(), **stats}.items():  # loss_fn may report a part as "loss"
                 totals[key] = totals.get(key, 0.0) + weight * value
-        totals["entropy"] = entropy_sum / minibatch_tokens.item()  # token mean over the minibatch
+        totals["entropy"] = entropy_sum / minibatch_tokens  # token mean over the minibatch
+        if world().distributed:  # each rank's totals are its share of the global ones
+            keys = sorted(totals)
+            summed = all_reduce_sum(torch.tensor([totals[k] for k in keys], dtype=torch.float64))
+            totals = dict(zip(keys, summed.tolist()))
         return totals
 
     def train(self) -> None:

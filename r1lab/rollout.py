@@ -17,7 +17,9 @@ from typing import Literal
 import torch
 
 from r1lab.advantages import zero_spread_groups
-from r1lab.config import Problem, adam_betas_problems, at_least, doc, positive, raise_problems, within
+from r1lab.config import (ConfigError, Problem, adam_betas_problems, at_least, doc, positive, raise_problems,
+                          within)
+from r1lab.dist import all_gather_objects, shard
 from r1lab.engine import Generation, SamplingParams
 from r1lab.generation import Generator, sample_and_score
 from r1lab.logprobs import Batch, make_batch
@@ -143,6 +145,13 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
                    scores, torch.cat([p.rewards for p in parts]), batch, parts[0].group_size)
 
 
+def gather_rollout(rollout: Rollout, pad_id: int) -> Rollout:
+    """Under torchrun, every rank's rollout joined in rank order (what the step's metrics and samples describe);
+    the rollout itself in one process."""
+    parts = all_gather_objects(rollout)
+    return concat_rollouts(parts, pad_id) if len(parts) > 1 else rollout
+
+
 def select_groups(rollout: Rollout, keep_groups: torch.Tensor) -> Rollout:
     """The rollout restricted to the groups where ``keep_groups`` (n_groups,) is True."""
     g = rollout.group_size
@@ -245,6 +254,10 @@ def start_online_rl(stage: Stage, cfg: OnlineRLConfig, policy: Policy,
     the stage's generator, the task the prompts come from and its pool of training problems (the same for both
     algorithms, so that they see the same problems at every step), and the held-out evaluation of the start.
     Returns (generator, prompt task, pool)."""
+    try:  # under torchrun each rank samples whole groups for an equal share of the prompts
+        shard(cfg.prompts_per_step, "prompts_per_step")
+    except ValueError as error:
+        raise ConfigError(f"stage '{stage.name}': {error}") from error
     policy.configure_optimizer(cfg.optimizer_settings(extra_groups),
                                warmup_then_decay(cfg.steps, cfg.warmup_steps, cfg.lr_schedule))
     generator = stage.generator(policy)
@@ -259,8 +272,11 @@ def draw_rollout(generator: Generator, stage: Stage, cfg, pool: list[dict], draw
                  sample_seed: int, pad_id: int) -> Rollout:
     """``prompts_per_step`` problems drawn from ``pool`` with ``draws``, ``cfg.group_size`` completions each, scored."""
     index = torch.randint(len(pool), (cfg.prompts_per_step,), generator=draws).tolist()
+    start, stop = shard(cfg.prompts_per_step, "prompts_per_step")  # whole groups: this rank's prompts, G each
+    index = index[start:stop]
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                            max_new_tokens=cfg.max_new_tokens, seed=sample_seed)
+                            max_new_tokens=cfg.max_new_tokens, seed=sample_seed,
+                            first_sequence=start * cfg.group_size)
     return collect_rollout(generator, stage.template, [pool[i] for i in index], cfg.group_size, params, cfg.rewards,
                            pad_id, mask_truncated=cfg.mask_truncated, rewards_by_task=cfg.rewards_by_task)
 

@@ -15,6 +15,8 @@ class SamplingParams:
     top_k: int = 0  # 0: no top-k filtering
     max_new_tokens: int = 64
     seed: int = 0
+    first_sequence: int = 0  # id of the call's first sequence in the random numbers: a rank sampling part of a
+    # step's prompts draws the numbers the whole step would give them in one process (r1lab's own engine)
 
 
 @dataclass

@@ -551,7 +551,7 @@ class FastEngine:
         length = max(len(ids) for ids in prompt_ids) + max_new
         compact.pack_for(slots)
         # the random number of every (sequence, token index), drawn once
-        numbers = uniforms(params.seed, torch.arange(total, device=device)[:, None],
+        numbers = uniforms(params.seed, params.first_sequence + torch.arange(total, device=device)[:, None],
                            torch.arange(max_new, device=device)[None, :]) if params.temperature > 0 else None
         cache_shape = (slots, compact.num_kv_heads, length, compact.head_dim)
         # zeros, not empty: a masked position still multiplies its value by 0, and 0 × NaN from stale memory is NaN

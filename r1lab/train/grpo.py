@@ -29,10 +29,11 @@ import torch
 
 from r1lab.advantages import group_advantages, zero_spread_groups
 from r1lab.config import Problem, at_least, doc, positive
+from r1lab.dist import world
 from r1lab.losses import grpo_loss
 from r1lab.rollout import (OnlineRLConfig, SamplerGap, add_stats, check_reward_errors, concat_rollouts,
-                           draw_rollout, finish_step, rollout_metrics, select_groups, start_online_rl, step_seeds,
-                           warn_if_truncated)
+                           draw_rollout, finish_step, gather_rollout, rollout_metrics, select_groups, start_online_rl,
+                           step_seeds, warn_if_truncated)
 from r1lab.stage import Stage, StageOutput
 
 
@@ -93,14 +94,16 @@ def train(cfg: GRPOConfig, stage: Stage) -> StageOutput:
             parts.append(part)
             kept_groups += len(part.generations) // cfg.group_size
             rounds += 1
-            if not cfg.dynamic_sampling or kept_groups >= cfg.prompts_per_step or rounds > cfg.dynamic_sampling_rounds:
+            if (not cfg.dynamic_sampling or kept_groups >= cfg.prompts_per_step // world().world_size
+                    or rounds > cfg.dynamic_sampling_rounds):
                 break
         rollout = concat_rollouts([p for p in parts if p.generations], pad_id) if kept_groups else parts[0]
-        metrics = {**rollout_metrics(rollout, prompt_task), "rollout_seconds": time.time() - started}
+        shown = gather_rollout(rollout, pad_id)  # under torchrun: every rank's completions, for the log
+        metrics = {**rollout_metrics(shown, prompt_task), "rollout_seconds": time.time() - started}
         if cfg.dynamic_sampling:
             metrics["dynamic_sampling/rounds"] = rounds
         warn_if_truncated(stage, cfg, step, metrics)
-        check_reward_errors(stage, step, rollout.scores)
+        check_reward_errors(stage, step, shown.scores)
 
         # 3. group-normalised advantages: one value per completion, broadcast over its tokens
         advantages = group_advantages(rollout.rewards, cfg.group_size, scale_by_std=cfg.scale_rewards_by_std)
@@ -142,7 +145,7 @@ def train(cfg: GRPOConfig, stage: Stage) -> StageOutput:
 
         # 5. log, evaluate, save
         metrics.update({**{k: v / updates for k, v in totals.items()}, **gap.metrics()})
-        finish_step(stage, cfg, policy, generator, step, rollout, metrics, started,
+        finish_step(stage, cfg, policy, generator, step, shown, metrics, started,
                     f"reward {metrics['reward/mean']:.2f} acc {metrics.get('reward/accuracy', float('nan')):.2f} "
                     f"len {metrics['completion/length_mean']:.0f}")
     if cfg.eval_every:

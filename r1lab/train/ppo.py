@@ -42,7 +42,7 @@ from r1lab.checkpoint import atomic_dir
 from r1lab.config import Problem, at_least, doc, positive
 from r1lab.losses import kl_penalty, masked_mean, ppo_policy_loss, value_loss
 from r1lab.rollout import (OnlineRLConfig, SamplerGap, add_stats, check_reward_errors, draw_rollout, finish_step,
-                           rollout_metrics, start_online_rl, step_seeds, warn_if_truncated)
+                           gather_rollout, rollout_metrics, start_online_rl, step_seeds, warn_if_truncated)
 from r1lab.stage import Stage, StageOutput
 from r1lab.value_model import HEAD_FILE, init_value_model
 
@@ -123,9 +123,10 @@ def train(cfg: PPOConfig, stage: Stage) -> StageOutput:
         # 1-2. rollout and outcome rewards
         draws, sample_seed = step_seeds(seed, step)
         rollout = draw_rollout(generator, stage, cfg, pool, draws, sample_seed, pad_id)
-        metrics = rollout_metrics(rollout, prompt_task)
+        shown = gather_rollout(rollout, pad_id)  # under torchrun: every rank's completions, for the log
+        metrics = rollout_metrics(shown, prompt_task)
         warn_if_truncated(stage, cfg, step, metrics)
-        check_reward_errors(stage, step, rollout.scores)
+        check_reward_errors(stage, step, shown.scores)
         batch = rollout.batch.to(policy.device)
         mask = batch.completion_mask  # (B, C)
         size = len(rollout.generations)
@@ -188,7 +189,7 @@ def train(cfg: PPOConfig, stage: Stage) -> StageOutput:
             "returns/mean": masked_mean(returns, mask).item(), "values/mean": masked_mean(old_values, mask).item(),
             "token_reward/mean": masked_mean(rewards, mask).item(),
         })
-        finish_step(stage, cfg, policy, generator, step, rollout, metrics, started,
+        finish_step(stage, cfg, policy, generator, step, shown, metrics, started,
                     f"reward {metrics['reward/mean']:.2f} acc {metrics.get('reward/accuracy', float('nan')):.2f} "
                     f"vloss {metrics['value_loss']:.3f} ev {metrics['explained_variance']:.2f}",
                     extra={"kl_coef": kl_coef}, write_more=lambda folder: value_model.save(folder / "value_model"))
