@@ -75,6 +75,36 @@ def shard(count: int, what: str = "items") -> tuple[int, int]:
     return w.rank * part, (w.rank + 1) * part
 
 
+def share(count: int) -> tuple[int, int]:
+    """This rank's [start, stop) of ``count`` items cut in contiguous parts whose sizes differ by at most one
+    (a rank may get none): how the trainers over a fixed data set split a step's examples."""
+    w = world()
+    base, extra = divmod(count, w.world_size)
+    start = w.rank * base + min(w.rank, extra)
+    return start, start + base + (1 if w.rank < extra else 0)
+
+
+def sum_stats_over_ranks(stats: dict[str, float]) -> dict[str, float]:
+    """Each key summed over ranks (a rank without a key counts 0), in rank order so every rank gets the same
+    floats; ``stats`` itself in one process. For stats already weighted by each rank's share of a global count."""
+    if not world().distributed:
+        return stats
+    summed: dict[str, float] = {}
+    for part in all_gather_objects({k: float(v) for k, v in stats.items()}):
+        for key, value in part.items():
+            summed[key] = summed.get(key, 0.0) + value
+    return summed
+
+
+def broadcast_from_main(obj):
+    """Rank 0's ``obj`` on every rank (picklable); ``obj`` in one process."""
+    if not world().distributed:
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over ranks, in place (nothing to do in one process)."""
     if world().distributed:
@@ -108,6 +138,16 @@ def all_reduce_gradients(parameters: list[torch.nn.Parameter]) -> None:
         n = g.numel()
         p.grad = flat[offset:offset + n].view_as(g).to(g.dtype)
         offset += n
+
+
+def broadcast_parameters(parameters: list[torch.nn.Parameter]) -> None:
+    """Every rank starts from rank 0's values of ``parameters`` (as DDP does when it wraps a model): a part drawn
+    at random on each rank, such as a new value head, is then the same everywhere."""
+    if not world().distributed:
+        return
+    with torch.no_grad():
+        for p in parameters:
+            torch_dist.broadcast(p.data, src=0)
 
 
 def barrier() -> None:

@@ -65,8 +65,18 @@ def completion_logprobs(model, batch: Batch, *, chunk_size: int | None = None, t
 
     ``chunk_size``: time steps per LM-head chunk; by default as many as keep one chunk's logits under
     ``max_chunk_elements`` (2^26 fp32 values = 256 MiB). Position ids come from the attention mask so that left
-    padding does not shift positions.
+    padding does not shift positions. A model sharded with FSDP2 (``r1lab.fsdp``) runs the same computation as
+    one of its forward methods, so that its root weights are gathered for it.
     """
+    run = getattr(model, "r1lab_completion_logprobs", None) or (
+        lambda *args, **kwargs: decoder_then_head_logprobs(model, *args, **kwargs))
+    return run(batch, chunk_size=chunk_size, temperature=temperature, with_entropy=with_entropy,
+               max_chunk_elements=max_chunk_elements)
+
+
+def decoder_then_head_logprobs(model, batch: Batch, *, chunk_size: int | None, temperature: float,
+                               with_entropy: bool, max_chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``completion_logprobs``' computation: the decoder, then the LM head on completion positions in chunks."""
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     # The decoder alone (no LM head, no other layer's hidden states kept): the head runs below, on completion
     # positions only, in chunks.

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from r1lab.checkpoint import atomic_write_json, atomic_write_text, seed_everything
+from r1lab.checkpoint import atomic_write_json, atomic_write_text, recover_dir, seed_everything
 from r1lab.config import (ConfigError, ConfigProblems, Problem, apply_overrides, collect_config, override_keys,
                           read_yaml)
 from r1lab.console import Console
-from r1lab.dist import init_from_env
+from r1lab.dist import barrier, init_from_env, world
 from r1lab.evaluate import evaluate_model
 from r1lab.generation import Generator
 from r1lab.locks import run_folder_lock
@@ -101,8 +101,10 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     process on the same run folder stops at once (``r1lab.locks.run_folder_lock``)."""
     run, stages = load_recipe(path, overrides)
     place = init_from_env(run.device)  # under torchrun: join the process group (README, "Many processes")
+    main_run_dir = Path(run.output_dir) / run.name  # rank 0's: every rank reads finished stages and checkpoints here
     if place.distributed and not place.is_main:  # rank 0 shows progress, logs and writes the run folder
         run.output_dir = str(Path(run.output_dir) / f".rank{place.rank}")
+        shutil.rmtree(Path(run.output_dir) / run.name, ignore_errors=True)  # what an interrupted run left
         quiet = True
         logging.getLogger("r1lab").setLevel(logging.ERROR)
     console = Console(quiet)
@@ -114,7 +116,7 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     run_dir = Path(run.output_dir) / run.name
     with run_folder_lock(run_dir):
         command = " ".join(["r1lab run", str(path), *overrides])
-        result = _run_stages(path, run, stages, console, device, run_dir, command)
+        result = _run_stages(path, run, stages, console, device, run_dir, command, main_run_dir)
     if place.distributed and not place.is_main:  # its results are rank 0's: the scratch folder goes
         shutil.rmtree(Path(run.output_dir), ignore_errors=True)
         return Path(run.output_dir).parent / run.name
@@ -122,8 +124,10 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
 
 
 def _run_stages(path: str | Path, run: RunConfig, stages: dict[str, Any], console: Console, device,
-                run_dir: Path, command: str) -> Path:
-    """The body of ``run_recipe``, run while this process holds the run folder."""
+                run_dir: Path, command: str, main_run_dir: Path) -> Path:
+    """The body of ``run_recipe``, run while this process holds the run folder. Under torchrun the other ranks
+    write in their own ``run_dir`` but read which stages are done, their outputs and the checkpoints to resume from
+    in rank 0's ``main_run_dir``."""
     # What each stage runs with, taken before the stages resolve their references (reward_model:<stage> -> folder).
     records = {name: stage_record(run, name, cfg) for name, cfg in stages.items()}
     _write_run_config(run, stages, records, run_dir, console)
@@ -138,13 +142,17 @@ def _run_stages(path: str | Path, run: RunConfig, stages: dict[str, Any], consol
         except SandboxUnavailable as err:
             raise ConfigError(f"{path}: this recipe runs model-written code (the code verifier or reward), and "
                               f"{err}") from err
-    outputs = RunOutputs(run_dir, run.model)
+    outputs = RunOutputs(main_run_dir, run.model)
+    main = world().is_main
     summary = {"run": run.name, "recipe": str(path), "stages": []}
     last_model = run.model  # a stage without init: starts from the last model an earlier stage produced
     for name, cfg in stages.items():
         stage_dir = run_dir / name
         stage_dir.mkdir(exist_ok=True)
-        done_file = stage_dir / "done.json"
+        if main:  # a checkpoint a kill left half-replaced is put right before any rank reads it
+            recover_dir(stage_dir / "checkpoint")
+        barrier()  # under torchrun: rank 0 has written the previous stage's results
+        done_file = main_run_dir / name / "done.json"
         if done_file.is_file():
             entry = read_done(done_file)
             console.print(f"[{name}] already done, skipping ({entry.get('model') or entry.get('data_file')})")
@@ -165,10 +173,14 @@ def _run_stages(path: str | Path, run: RunConfig, stages: dict[str, Any], consol
         started = time.time()
         seed_everything(run.seed)
         stage = Stage(name=name, run=run, task=task, init=init, outputs=outputs, folder=stage_dir, device=device,
-                      console=console)
+                      console=console, resume_folder=main_run_dir / name)
         for warning in warnings:
             stage.warn(warning)
         output: StageOutput = STAGES[cfg.kind][1](cfg, stage)
+        if not main:  # what rank 0 wrote at the same place: the next stages read that
+            output = StageOutput(**{key: value and _in_main_run(value, run_dir, main_run_dir)
+                                    for key, value in vars(output).items()})
+        barrier()  # rank 0's outputs are written before any rank evaluates or reads them
         last_model = output.model or last_model  # a data set is not a model: the next default init skips it
         evaluation = None
         if cfg.eval:
@@ -206,6 +218,14 @@ def _run_stages(path: str | Path, run: RunConfig, stages: dict[str, Any], consol
     report = write_report(run_dir)  # renders the plots too
     console.print(f"done: {run_dir}/summary.json, {report}, {run_dir}/training_curves.png", style="bold green")
     return run_dir
+
+
+def _in_main_run(path: str, run_dir: Path, main_run_dir: Path) -> str:
+    """``path`` inside this rank's ``run_dir``, as the same place in rank 0's ``main_run_dir`` (else unchanged)."""
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(run_dir.resolve()):
+        return str(main_run_dir / resolved.relative_to(run_dir.resolve()))
+    return path
 
 
 def _write_run_config(run: RunConfig, stages: dict[str, Any], records: dict[str, dict], run_dir: Path,

@@ -25,7 +25,7 @@ from typing import Callable, Literal
 import torch
 
 from r1lab.checkpoint import atomic_dir, load_training_state, save_training_state, set_rng_state
-from r1lab.dist import all_reduce_gradients, all_reduce_sum, sum_over_ranks, world
+from r1lab.dist import all_reduce_gradients, all_reduce_sum, broadcast_parameters, sum_over_ranks, world
 from r1lab.lora import is_lora_model, load_lora_policy
 from r1lab.logprobs import Batch, completion_logprobs
 from r1lab.models import load_model, save_model, save_weights, write_tokenizer
@@ -171,6 +171,7 @@ class Policy:
         for group in settings.extra_groups:
             groups.append({"params": list(group["params"]), "lr": group["lr"]})
             self._group_names.append(group["name"])
+        broadcast_parameters([p for group in groups for p in group["params"]])  # under torchrun: rank 0's start
         params = groups[0]["params"] if len(groups) == 1 else groups
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
                                            betas=tuple(settings.betas))
@@ -303,7 +304,10 @@ class Policy:
                         write_more: Callable[[Path], None] | None = None) -> None:
         """A resumable checkpoint in ``folder``: weights (merged under LoRA, with the adapter in ``adapter/``),
         tokenizer, and ``trainer_state.pt`` (optimizer, schedule, RNG, step, ``extra``; the frozen reference when
-        it moves), renamed into place together. ``write_more(tmp)`` adds files inside the same rename."""
+        it moves), renamed into place together. ``write_more(tmp)`` adds files inside the same rename. Under torchrun
+        only rank 0 writes it (every rank holds the same state; a resume reads rank 0's, ``Stage.resume_dir``)."""
+        if not world().is_main:
+            return
         extra = dict(extra or {})
         if self.reference is not None and self._reference_resettable:
             extra["ref_state"] = self.reference.state_dict()

@@ -148,18 +148,25 @@ class Stage:
     folder: Path
     device: torch.device
     console: Console
+    resume_folder: Path | None = None  # where a resume reads the checkpoint: rank 0's stage folder (None: folder)
     template: PromptTemplate | None = None  # set once the stage's tokenizer is known (load_policy, use_tokenizer)
     warnings: list[str] = field(default_factory=list)
     _threads_checked_at: float = 0.0
 
     @property
     def run_folder(self) -> Path:
-        return self.outputs.run_folder
+        """The run folder this process writes (under torchrun, another rank's is its scratch folder)."""
+        return self.folder.parent
 
     @property
     def checkpoint_dir(self) -> Path:
         """The stage's resumable checkpoint (written every ``save_every`` steps, read when the run starts again)."""
         return self.folder / "checkpoint"
+
+    @property
+    def resume_dir(self) -> Path:
+        """The checkpoint a resumed stage reads: ``checkpoint_dir``, or under torchrun rank 0's, for every rank."""
+        return (self.resume_folder or self.folder) / "checkpoint"
 
     @property
     def final_dir(self) -> Path:
@@ -177,7 +184,7 @@ class Stage:
         settings = self.model_settings()
         if not trainable:
             settings = ModelSettings(dtype=self.run.dtype)
-        policy = Policy.load(self.init, settings, self.device, resume_from=self.checkpoint_dir if trainable else None)
+        policy = Policy.load(self.init, settings, self.device, resume_from=self.resume_dir if trainable else None)
         self.use_tokenizer(policy.tokenizer)
         if policy.resume:
             self.log(f"resuming at step {policy.resume_step}")

@@ -76,6 +76,57 @@ def test_grpo_on_two_processes_equals_one_process(tmp_path, eos_prone_checkpoint
     assert not (runs / ".rank1").exists()  # the other rank's scratch folder is gone; rank 0 wrote the run
 
 
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def _fixed_data_recipe(tmp_path, name: str) -> str:
+    """Pretraining, SFT, DPO and a reward model, each with batches that two ranks split unevenly (5 = 3 + 2)."""
+    sft_rows = [{"prompt": f"{i}+{j}", "completion": f"<think>{i}+{j}={i + j}</think> <answer>{i + j}</answer>"}
+                for i in range(6) for j in range(3)]
+    pairs = [{"prompt": f"{i}+1", "chosen": f"<think>{i}+1={i + 1}</think> <answer>{i + 1}</answer>",
+              "rejected": f"<answer>{i + 7}0</answer>"} for i in range(12)]
+    fixed = {"max_steps": 2, "batch_size": 5, "lr": 1e-3, "eval": False, "eval_fraction": 0.2, "save_every": 0}
+    stages = {
+        "base": {"kind": "pretrain", "cache_dir": str(tmp_path / f"cache-{name}"), "steps": 3, "batch_size": 5,
+                 "corpus_problems": 64, "hidden_size": 32, "num_layers": 1, "intermediate_size": 64,
+                 "num_heads": 2, "block_size": 64, "eval": False},
+        "sft": {"kind": "sft", "data": _write_jsonl(tmp_path / "sft.jsonl", sft_rows), "micro_batch_tokens": 0,
+                **fixed},
+        "dpo": {"kind": "dpo", "data": _write_jsonl(tmp_path / "pairs.jsonl", pairs), "micro_batch_size": 2,
+                **fixed},
+        "rm": {"kind": "reward_model", "init": "sft", "data": str(tmp_path / "pairs.jsonl"), "micro_batch_size": 2,
+               **fixed},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "output_dir": str(tmp_path / "runs"), "threads": 1,
+                                    "task": {"name": "arithmetic", "options": {"digits": 1}}, "stages": stages},
+                                   sort_keys=False))
+    return str(path)
+
+
+def test_pretraining_sft_dpo_and_reward_model_on_two_processes_equal_one_process(tmp_path):
+    one = _run(_fixed_data_recipe(tmp_path, "one"), 1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run(_fixed_data_recipe(tmp_path, "two"), 2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    runs = tmp_path / "runs"
+    for stage, folder in (("base", "model"), ("sft", "final"), ("dpo", "final"), ("rm", "final")):
+        a = load_file(runs / "one" / stage / folder / "model.safetensors")
+        b = load_file(runs / "two" / stage / folder / "model.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0, msg=lambda m: f"{stage} {key}: {m}")
+    metrics = {name: [json.loads(line) for line in (runs / name / "metrics.jsonl").read_text().splitlines()
+                      if '"step_seconds"' in line] for name in ("one", "two")}
+    assert len(metrics["one"]) == len(metrics["two"]) == 6  # sft, dpo, rm: 2 steps each
+    for x, y in zip(metrics["one"], metrics["two"]):
+        for key in ("loss", "grad_norm"):
+            assert y[key] == pytest.approx(x[key], abs=1e-5), (x.get("stage"), key)
+    assert not (runs / ".rank1").exists()
+
+
 def test_prompts_that_cannot_be_split_by_whole_groups_are_refused(tmp_path, eos_prone_checkpoint):
     two = _run(_recipe(tmp_path, "odd", eos_prone_checkpoint, prompts_per_step=3), 2)
     assert two.returncode != 0
@@ -113,3 +164,52 @@ def test_a_rank_killed_mid_step_ends_the_job_naming_it(tmp_path, eos_prone_check
     assert two.returncode != 0
     assert seconds < 60, seconds  # rank 0 was waiting for rank 1 in a collective: torchrun ended it
     assert "rank: 1" in two.stderr and "SIGKILL" in two.stderr, two.stderr[-2000:]
+
+
+STOPPING_REWARD = """
+import os, signal
+from pathlib import Path
+
+def reward(completion, example):
+    checkpoint = os.environ.get("STOP_ONCE_SAVED")
+    if checkpoint and (Path(checkpoint) / "trainer_state.pt").is_file():
+        os.kill(os.getpid(), signal.SIGKILL)  # killed in the step after the checkpoint, as a crash would
+    return 0.0
+"""
+
+
+def _run_killed_after_checkpoint(recipe: str, run_dir, processes: int) -> subprocess.CompletedProcess:
+    env = {"STOP_ONCE_SAVED": str(run_dir / "grpo" / "checkpoint")}
+    old = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        return _run(recipe, processes)
+    finally:
+        for key, value in old.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.mark.parametrize("stopped_at, resumed_at", [(2, 1), (1, 2)])
+def test_a_run_stopped_at_one_world_size_resumes_at_another_with_the_same_steps(tmp_path, eos_prone_checkpoint,
+                                                                                 stopped_at, resumed_at):
+    reward_file = tmp_path / "stopping_reward.py"
+    reward_file.write_text(STOPPING_REWARD)
+    rewards = {"format_soft": 1.0, "accuracy": 1.0, f"{reward_file}:reward": 1.0}
+    straight = _run(_recipe(tmp_path, "straight", eos_prone_checkpoint, steps=4, save_every=2, rewards=rewards), 1)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    recipe = _recipe(tmp_path, "resumed", eos_prone_checkpoint, steps=4, save_every=2, rewards=rewards)
+    runs = tmp_path / "runs"
+    killed = _run_killed_after_checkpoint(recipe, runs / "resumed", stopped_at)
+    assert killed.returncode != 0 and not (runs / "resumed" / "grpo" / "final").exists()
+    resumed = _run(recipe, resumed_at)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(runs / "straight" / "grpo" / "final" / "model.safetensors")
+    b = load_file(runs / "resumed" / "grpo" / "final" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+    rows = {name: [row for row in map(json.loads, (runs / name / "metrics.jsonl").read_text().splitlines())
+                   if "step_seconds" in row] for name in ("straight", "resumed")}
+    assert [row["step"] for row in rows["resumed"]] == [1, 2, 3, 4]  # steps 1-2 before the kill, 3-4 after: resumed
+    steps = {name: {row["step"]: row for row in rows[name]} for name in rows}
+    for step in (3, 4):  # the steps after the resume are those of the uninterrupted run
+        assert steps["resumed"][step]["loss"] == pytest.approx(steps["straight"][step]["loss"], abs=1e-5)

@@ -28,6 +28,7 @@ import torch
 
 from r1lab.config import Problem, doc, positive
 from r1lab.data.jsonl import read_preference_pairs
+from r1lab.dist import share, sum_stats_over_ranks
 from r1lab.encoding import EncodedPair, encode_pairs
 from r1lab.logprobs import completion_logprobs, make_batch
 from r1lab.losses import dpo_loss
@@ -81,10 +82,11 @@ def dpo_step(model, pairs: list[EncodedPair], ref: torch.Tensor, pad_id: int, be
     """DPO loss over ``pairs`` (ref: their (N, 2) reference log-probs), micro-batched; with ``backward`` the gradient
     of the mean over all pairs accumulates in the model. Returns the pair-weighted loss and stats."""
     size = micro_batch_size or len(pairs)
+    first, stop = share(len(pairs))  # under torchrun: this rank's pairs; weights are shares of every rank's
     totals: dict[str, float] = {}
-    for start in range(0, len(pairs), size):
-        part = pairs[start:start + size]
-        ref_part = ref[start:start + size].to(device)
+    for start in range(first, stop, size):
+        part = pairs[start:min(start + size, stop)]
+        ref_part = ref[start:start + len(part)].to(device)
         chosen, rejected = pair_logprobs(model, part, pad_id, device)
         loss, stats = dpo_loss(chosen, rejected, ref_part[:, 0], ref_part[:, 1], beta=beta)
         weight = len(part) / len(pairs)
@@ -97,7 +99,7 @@ def dpo_step(model, pairs: list[EncodedPair], ref: torch.Tensor, pad_id: int, be
                           "logps/chosen": chosen.mean().item(), "logps/rejected": rejected.mean().item()})
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + weight * value
-    return totals
+    return sum_stats_over_ranks(totals)
 
 
 def train(cfg: DPOConfig, stage: Stage) -> StageOutput:

@@ -106,7 +106,7 @@ def value_model_source(source: str) -> str:
 def train(cfg: PPOConfig, stage: Stage) -> StageOutput:
     """Run PPO from the stage's init model (or resume it); returns the final policy, ``value_model/`` inside it."""
     policy = stage.load_policy()
-    value_from = (stage.checkpoint_dir / "value_model" if policy.resume
+    value_from = (stage.resume_dir / "value_model" if policy.resume
                   else value_model_source(stage.outputs.model(cfg.value_init, default=stage.init, stage=stage.name)))
     value_model = init_value_model(value_from, dtype=stage.run.dtype, device=policy.device)
     policy.attach_reference(cfg.kl_coef > 0)  # the reference is always the stage's starting policy

@@ -14,6 +14,7 @@ used whatever happens to the cache (README, "Locks and the run record").
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ import torch
 
 from r1lab.checkpoint import atomic_dir
 from r1lab.config import Problem, adam_betas_problems, at_least, doc, positive, raise_problems, to_dict
+from r1lab.dist import barrier, broadcast_from_main, share, sum_over_ranks, world
 from r1lab.locks import wait_for_lock
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, count_parameters, save_weights, write_tokenizer
 from r1lab.policy import OptimizerSettings, Policy, warmup_then_decay
@@ -136,15 +138,23 @@ def pretrain(cfg: PretrainConfig, *, task, task_spec: dict, template, template_s
     key = cache_key(cfg, task_spec, template_spec, seed)
     cached = cache_root / "tiny-base" / key
     waiting = f"waiting for another process that is building the same base model ({cached})"
-    with wait_for_lock(cached.with_name(f"{key}.lock"), on_wait=lambda: (note or log.info)(waiting)):
-        damage = model_folder_damage(cached) if cached.exists() else None
-        if cfg.cache and cached.exists() and damage is None:
-            log.info("reusing the cached tiny base model %s", cached)
-        else:
-            if cfg.cache and damage is not None:
-                (warn or log.warning)(f"the cached base model {cached} {damage}; building it again")
+    main = world().is_main  # under torchrun: rank 0 holds the lock, decides and writes; every rank trains
+    lock = (wait_for_lock(cached.with_name(f"{key}.lock"), on_wait=lambda: (note or log.info)(waiting)) if main
+            else contextlib.nullcontext())
+    with lock:
+        build = False
+        if main:
+            damage = model_folder_damage(cached) if cached.exists() else None
+            if cfg.cache and cached.exists() and damage is None:
+                log.info("reusing the cached tiny base model %s", cached)
+            else:
+                if cfg.cache and damage is not None:
+                    (warn or log.warning)(f"the cached base model {cached} {damage}; building it again")
+                build = True
+        if broadcast_from_main(build):
             build_base_model(cfg, task=task, template=template, seed=seed, key=key, folder=cached,
-                             log_metrics=log_metrics, progress=progress)
+                             log_metrics=log_metrics, progress=progress, write=main)
+        barrier()  # the other ranks read what rank 0 wrote
         if copy_to is None:
             return cached
         copy_model_folder(cached, Path(copy_to))
@@ -152,8 +162,9 @@ def pretrain(cfg: PretrainConfig, *, task, task_spec: dict, template, template_s
 
 
 def build_base_model(cfg: PretrainConfig, *, task, template, seed: int, key: str, folder: Path, log_metrics=None,
-                     progress=None) -> None:
-    """Pretrain the tiny base model from scratch and save it to ``folder`` (atomically, with its ``sha256.json``)."""
+                     progress=None, write: bool = True) -> None:
+    """Pretrain the tiny base model from scratch and save it to ``folder`` (atomically, with its ``sha256.json``;
+    not when ``write`` is False: the other ranks under torchrun, each training on its share of every batch)."""
     torch.manual_seed(seed)
     tokenizer = build_tiny_tokenizer(tokenizer_words(task, cfg))
     model = build_tiny_model(tokenizer, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
@@ -178,11 +189,15 @@ def build_base_model(cfg: PretrainConfig, *, task, template, seed: int, key: str
             order, cursor = torch.randperm(len(blocks)), 0
         batch = blocks[order[cursor:cursor + cfg.batch_size]]
         cursor += cfg.batch_size
-        loss = model(input_ids=batch, labels=batch).loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss became {loss.item()} at step {step}; lower stages.*.lr")
+        first, stop = share(len(batch))  # under torchrun: this rank's rows; the loss is its share of the mean
         policy.zero_grad()
-        loss.backward()
+        loss = torch.zeros(())
+        if stop > first:
+            loss = model(input_ids=batch[first:stop], labels=batch[first:stop]).loss * ((stop - first) / len(batch))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"pretraining loss became {loss.item()} at step {step}; lower stages.*.lr")
+            loss.backward()
+        loss = torch.tensor(sum_over_ranks(loss.item()))
         policy.optimizer_step()
         policy.schedule_step()
         if log_metrics and (step % 50 == 0 or step == cfg.steps - 1):
@@ -190,6 +205,8 @@ def build_base_model(cfg: PretrainConfig, *, task, template, seed: int, key: str
                                "elapsed_seconds": round(time.time() - start, 1)})
         if progress:  # every step: the console prints a line every few seconds, with the rate and time left
             progress(step + 1, cfg.steps, f"loss {loss.item():.3f}")
+    if not write:
+        return
     with atomic_dir(folder) as tmp:  # the manifest is in the folder from the moment it has its name
         save_weights(model, tmp)
         write_tokenizer(tokenizer, tmp)

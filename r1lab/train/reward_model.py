@@ -31,6 +31,7 @@ import torch
 from r1lab.checkpoint import load_training_state
 from r1lab.config import doc
 from r1lab.data.jsonl import read_preference_pairs
+from r1lab.dist import share, sum_stats_over_ranks
 from r1lab.encoding import EncodedPair, encode_pairs
 from r1lab.losses import bradley_terry_loss
 from r1lab.models import load_tokenizer
@@ -70,9 +71,10 @@ def bradley_terry_step(value_model: ValueModel, pairs: list[EncodedPair], pad_id
     """Bradley–Terry loss over ``pairs``, micro-batched (each part weighted by its share of the pairs, so the sum is
     the mean over all pairs); with ``backward`` its gradient accumulates. Returns loss, accuracy, margin, scores."""
     size = micro_batch_size or len(pairs)
+    first, stop = share(len(pairs))  # under torchrun: this rank's pairs; weights are shares of every rank's
     totals: dict[str, float] = {}
-    for start in range(0, len(pairs), size):
-        part = pairs[start:start + size]
+    for start in range(first, stop, size):
+        part = pairs[start:min(start + size, stop)]
         chosen, rejected = pair_scores(value_model, part, pad_id, device)
         loss, stats = bradley_terry_loss(chosen, rejected)
         weight = len(part) / len(pairs)
@@ -82,7 +84,7 @@ def bradley_terry_step(value_model: ValueModel, pairs: list[EncodedPair], pad_id
                       "scores/rejected": rejected.mean().item()})
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + weight * value
-    return totals
+    return sum_stats_over_ranks(totals)
 
 
 # --- the trainer ------------------------------------------------------------------------------------------------
@@ -95,8 +97,8 @@ def train(cfg: RewardModelConfig, stage: Stage) -> StageOutput:
     template = stage.use_tokenizer(tokenizer)
     train_set, eval_set, dropped = split_and_encode(stage, cfg, rows,
                                                     lambda part: encode_pairs(tokenizer, template, part), what="pairs")
-    resume = load_training_state(stage.checkpoint_dir)
-    value_model = (load_value_model(stage.checkpoint_dir, dtype=stage.run.dtype, device=stage.device) if resume
+    resume = load_training_state(stage.resume_dir)
+    value_model = (load_value_model(stage.resume_dir, dtype=stage.run.dtype, device=stage.device) if resume
                    else init_value_model(stage.init, dtype=stage.run.dtype, device=stage.device))
     trainer = Policy(value_model, tokenizer, stage.device, init_checkpoint=stage.init, resume=resume)
     if not resume:

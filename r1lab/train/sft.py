@@ -29,6 +29,7 @@ import torch
 
 from r1lab.config import Problem, doc
 from r1lab.data.jsonl import read_sft_examples
+from r1lab.dist import share, sum_stats_over_ranks
 from r1lab.encoding import Encoded, encode_sft_examples
 from r1lab.logprobs import completion_logprobs, make_batch
 from r1lab.losses import sft_loss
@@ -66,23 +67,28 @@ def sft_step_loss(model, examples: list[Encoded], pad_id: int, token_budget: int
     """Token-mean NLL of the completions of ``examples``; with ``backward`` its gradient accumulates in the model.
 
     Each micro-batch's ``sft_loss`` is weighted by its share of the completion tokens, so the result (and the
-    gradient) equals ``sft_loss`` over all the examples in one batch, however they are grouped.
+    gradient) equals ``sft_loss`` over all the examples in one batch, however they are grouped. Under torchrun every
+    rank calls this with the same ``examples`` and runs its own share of them (``r1lab.dist.share``); the weights are
+    shares of every rank's tokens, so the gradients summed over ranks are the one-process gradient.
     Returns {"loss", "tokens" (completion tokens incl. EOS), "padding_frac" (padded share of the positions run)}.
     """
-    total_tokens = sum(len(c) for _, c in examples)
-    loss_sum, padded, positions = 0.0, 0, 0
-    for group in micro_batches([(len(p), len(c)) for p, c in examples], token_budget):
-        batch = make_batch([examples[i][0] for i in group], [examples[i][1] for i in group], pad_id).to(device)
+    total_tokens = sum(len(c) for _, c in examples)  # over every rank's share
+    start, stop = share(len(examples))
+    mine = examples[start:stop]
+    sums = {"loss": 0.0, "padded": 0.0, "positions": 0.0}
+    for group in micro_batches([(len(p), len(c)) for p, c in mine], token_budget):
+        batch = make_batch([mine[i][0] for i in group], [mine[i][1] for i in group], pad_id).to(device)
         logprobs, _ = completion_logprobs(model, batch)  # (B, C)
         mask = batch.completion_mask  # (B, C): 1 on completion tokens and EOS
         loss = sft_loss(logprobs, mask)
         weight = mask.sum().item() / total_tokens
         if backward:
             (loss * weight).backward()
-        loss_sum += loss.item() * weight
-        positions += batch.input_ids.numel()
-        padded += (batch.attention_mask == 0).sum().item()
-    return {"loss": loss_sum, "tokens": total_tokens, "padding_frac": padded / max(1, positions)}
+        sums["loss"] += loss.item() * weight
+        sums["positions"] += batch.input_ids.numel()
+        sums["padded"] += (batch.attention_mask == 0).sum().item()
+    sums = sum_stats_over_ranks(sums)
+    return {"loss": sums["loss"], "tokens": total_tokens, "padding_frac": sums["padded"] / max(1, sums["positions"])}
 
 
 @torch.no_grad()
