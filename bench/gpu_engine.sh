@@ -10,5 +10,5 @@ mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 timeout 300 python3 bench/gpu_engine.py --out "$out/gpu_engine.json"
 for engine in auto transformers; do
-  bash bench/gpu_recipe_check.sh "$out/recipe_$engine" engine=$engine name=recipe_$engine
+  RUN_NAME=recipe_$engine bash bench/gpu_recipe_check.sh "$out/recipe_$engine" engine=$engine
 done

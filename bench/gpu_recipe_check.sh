@@ -2,15 +2,18 @@
 # The real-model recipe on a lent GPU: recipes/qwen2.5-0.5b/r1_zero.yaml, unchanged but for the model (a random
 # Qwen2.5-0.5B-shaped model built on the spot: no download) and a short run. Prints seconds per step and peak memory.
 #   bash bench/gpu_recipe_check.sh OUT_DIR [extra overrides...]
+# RUN_NAME: the run's name (default recipe_check); LAUNCH: what starts r1lab (default python3; e.g. "torchrun
+# --standalone --nproc-per-node 1").
 set -u
 out=${1:-runs/gpu_recipe_check}; shift || true
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 python3 -c "from pathlib import Path; import sys; sys.path.insert(0, 'bench'); from gpu_r1_zero import build; print(build('qwen2.5-0.5b', Path('/tmp/gpu_models')))"
-timeout 240 python3 -m r1lab run recipes/qwen2.5-0.5b/r1_zero.yaml model=/tmp/gpu_models/qwen2.5-0.5b \
-  output_dir=/tmp/gpu_runs name=recipe_check stages.grpo.steps=3 stages.grpo.eval_every=0 stages.grpo.save_every=0 \
+name=${RUN_NAME:-recipe_check}
+timeout 240 ${LAUNCH:-python3} -m r1lab run recipes/qwen2.5-0.5b/r1_zero.yaml model=/tmp/gpu_models/qwen2.5-0.5b \
+  output_dir=/tmp/gpu_runs name=$name stages.grpo.steps=3 stages.grpo.eval_every=0 stages.grpo.save_every=0 \
   stages.grpo.eval=false "$@" 2>&1 | grep -v -i -E "warn|shards" | tail -20
-cp /tmp/gpu_runs/recipe_check/metrics.jsonl "$out/recipe_check_metrics.jsonl" 2>/dev/null
+cp /tmp/gpu_runs/$name/metrics.jsonl "$out/recipe_check_metrics.jsonl" 2>/dev/null
 python3 - "$out/recipe_check_metrics.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]

@@ -13,6 +13,8 @@ sqrt((G − 1)/G), e.g. 0.97 at G = 16.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -118,19 +120,24 @@ def gae(
     return advantages, returns
 
 
-def whiten(values: Tensor, mask: Tensor, *, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def whiten(values: Tensor, mask: Tensor, *, shift_mean: bool = True, eps: float = 1e-8,
+           sum_over: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Normalise (B, T) to mean 0, variance 1 over the masked-in entries only; masked positions 0.
 
     Uses the sample variance (n − 1), like group_advantages. shift_mean=False only rescales
     (x / std), keeping each value's sign, e.g. to whiten rewards without making any of them negative.
+    ``sum_over``: sums a tensor over the parts of one batch held by several processes (torchrun), so that mean and
+    variance are those of the whole batch; None for a batch held whole.
     """
     if values.dim() != 2 or values.shape != mask.shape:
         raise ValueError(f"values must be (B, T) like mask {tuple(mask.shape)}, got {tuple(values.shape)}")
+    total = sum_over or (lambda x: x)
     m = mask.bool()
     values = torch.where(m, values, 0.0)  # NaN padding would give NaN gradients through (x − mean)²
-    n = m.sum()
-    mean = masked_mean(values, m)
-    var = masked_mean((values - mean) ** 2, m) * n / (n - 1).clamp(min=1)
+    n = total(m.sum().double())
+    mean = (total(values.sum().double()) / n.clamp(min=1)).to(values.dtype)
+    squares = total(torch.where(m, (values - mean) ** 2, 0.0).sum().double())
+    var = (squares / (n - 1).clamp(min=1)).to(values.dtype)
     out = values - mean if shift_mean else values
     return torch.where(m, out * torch.rsqrt(var + eps), 0.0)
 
@@ -158,18 +165,20 @@ def token_rewards(outcome: Tensor, mask: Tensor, kl: Tensor | None = None, kl_co
 
 def ppo_advantages(outcome: Tensor, values: Tensor, mask: Tensor, *, kl: Tensor | None = None, kl_coef: float = 0.0,
                    gamma: float = 1.0, lam: float = 0.95, whiten_rewards: bool = False,
-                   whiten_advantages: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+                   whiten_advantages: bool = True,
+                   sum_over: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Rollout rewards and values -> (advantages, returns, token rewards), each (B, T), masked positions 0.
+    ``sum_over``: as in ``whiten``, for a rollout split over processes.
 
     Returns are R_t = A_t + V(s_t) before advantage whitening (the critic's target). With γ = λ = 1, V ≡ 0, β = 0
     and no whitening, A_t = R_t = the outcome on every token of the completion: REINFORCE.
     """
     rewards = token_rewards(outcome, mask, kl, kl_coef)
     if whiten_rewards:
-        rewards = whiten(rewards, mask, shift_mean=False)
+        rewards = whiten(rewards, mask, shift_mean=False, sum_over=sum_over)
     advantages, returns = gae(rewards, values.detach().float(), mask, gamma=gamma, lam=lam)
     if whiten_advantages:
-        advantages = whiten(advantages, mask)
+        advantages = whiten(advantages, mask, sum_over=sum_over)
     return advantages, returns, rewards
 
 

@@ -178,9 +178,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_training_state(folder: str | Path, *, optimizer, scheduler, step: int, extra: dict | None = None) -> None:
-    """Write ``trainer_state.pt`` into an (already atomic) checkpoint folder."""
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+def save_training_state(folder: str | Path, *, optimizer, scheduler, step: int, extra: dict | None = None,
+                        optimizer_state: dict | None = None) -> None:
+    """Write ``trainer_state.pt`` into an (already atomic) checkpoint folder (``optimizer_state``: written instead
+    of ``optimizer.state_dict()``, e.g. the whole state of a sharded optimizer)."""
+    state = {"optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
              "step": step, "rng": rng_state(), "extra": extra or {}}
     path = Path(folder) / "trainer_state.pt"
     try:

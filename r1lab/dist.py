@@ -47,19 +47,25 @@ def world() -> World:
     return _world
 
 
-def init_from_env(device_name: str = "auto") -> World:
-    """Join the process group torchrun describes in the environment (once); returns this process's ``World``."""
+def init_from_env(device_name: str = "auto", *, need_group: bool = False) -> World:
+    """Join the process group torchrun describes in the environment (once); returns this process's ``World``.
+    ``need_group``: a group even for one process (FSDP2 shards over a group, of one rank when not under torchrun)."""
     global _world
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1 or _world.distributed:
+    if (size <= 1 and not need_group) or _world.distributed:
         return _world
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     gpu = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
     if gpu:
         torch.cuda.set_device(local_rank)
     if not torch_dist.is_initialized():
         timeout = datetime.timedelta(seconds=float(os.environ.get("R1LAB_DIST_TIMEOUT", "600")))
-        torch_dist.init_process_group("nccl" if gpu else "gloo", timeout=timeout)
+        backend = "nccl" if gpu else "gloo"
+        if "MASTER_ADDR" in os.environ:  # torchrun's rendezvous
+            torch_dist.init_process_group(backend, timeout=timeout)
+        else:  # a plain process: a group of one, in memory
+            torch_dist.init_process_group(backend, store=torch_dist.HashStore(), rank=0, world_size=1,
+                                          timeout=timeout)
     _world = World(rank, size, local_rank)
     return _world
 

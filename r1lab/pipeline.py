@@ -100,7 +100,7 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     """Run (or resume) every stage of a recipe; returns the run folder. Every setting is checked first; a second
     process on the same run folder stops at once (``r1lab.locks.run_folder_lock``)."""
     run, stages = load_recipe(path, overrides)
-    place = init_from_env(run.device)  # under torchrun: join the process group (README, "Many processes")
+    place = init_from_env(run.device, need_group=run.parallel == "fsdp2")  # under torchrun: join the process group (README, "Many processes")
     main_run_dir = Path(run.output_dir) / run.name  # rank 0's: every rank reads finished stages and checkpoints here
     if place.distributed and not place.is_main:  # rank 0 shows progress, logs and writes the run folder
         run.output_dir = str(Path(run.output_dir) / f".rank{place.rank}")
@@ -209,7 +209,7 @@ def _run_stages(path: str | Path, run: RunConfig, stages: dict[str, Any], consol
             atomic_write_text(Path(output.model) / MODEL_CARD, model_card(
                 run=run.name, stage=name, kind=cfg.kind, init=init, command=command,
                 settings=records[name]["settings"], evaluation=evaluation, data=getattr(cfg, "data", None) or None))
-        atomic_write_json(done_file, entry)
+        atomic_write_json(stage_dir / "done.json", entry)
         if not run.keep_checkpoints:  # done: the optimizer state (~3x the model) is never read again
             shutil.rmtree(stage_dir / "checkpoint", ignore_errors=True)
         summary["stages"].append(entry)

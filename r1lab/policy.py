@@ -26,11 +26,17 @@ import torch
 
 from r1lab.checkpoint import atomic_dir, load_training_state, save_training_state, set_rng_state
 from r1lab.dist import all_reduce_gradients, all_reduce_sum, broadcast_parameters, sum_over_ranks, world
+from r1lab.fsdp import full_optimizer_state, full_state_dict, load_full_optimizer_state, shard_model
 from r1lab.lora import is_lora_model, load_lora_policy
 from r1lab.logprobs import Batch, completion_logprobs
 from r1lab.models import load_model, save_model, save_weights, write_tokenizer
 
 LossFn = Callable[[torch.Tensor, Batch, torch.Tensor], "tuple[torch.Tensor, dict]"]
+
+
+def _item(value: torch.Tensor) -> float:
+    """A scalar tensor's value; a DTensor (a norm over sharded gradients) is made whole first."""
+    return (value.full_tensor() if hasattr(value, "full_tensor") else value).item()
 
 
 # --- learning-rate schedules (a factor of the peak lr per schedule step) ----------------------------------------
@@ -82,6 +88,7 @@ class ModelSettings:
 
     dtype: str = "float32"
     precision: str = "full"  # "full": compute in dtype; "bf16-mixed": fp32 weights, bf16 compute (autocast)
+    parallel: str = "ddp"  # under torchrun: "ddp" (whole model per rank) or "fsdp2" (sharded, r1lab.fsdp)
     gradient_checkpointing: bool = False
     lora: object = None  # r1lab.lora.LoraConfig, or None for full fine-tuning
 
@@ -106,6 +113,10 @@ class Policy:
         self._on_update: list[Callable[[], None]] = []
         self.updates = 0  # optimizer steps taken by this process
         self._reference_resettable = False
+        self.sampler = None  # under fsdp2: a plain full copy of the weights for the generator and for saving
+        if self.settings.parallel == "fsdp2":
+            self.sampler = copy.deepcopy(model).eval().requires_grad_(False)
+            shard_model(model, mixed_precision=self.mixed_precision)
 
     # --- loading -------------------------------------------------------------------------------------------------
 
@@ -125,6 +136,16 @@ class Policy:
             if settings.gradient_checkpointing:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return cls(model, tokenizer, device, init_checkpoint=init_checkpoint, settings=settings, resume=resume)
+
+    @property
+    def sharded(self) -> bool:
+        return self.sampler is not None
+
+    @property
+    def sampling_model(self):
+        """The model the generator samples with and the saved weights come from: the policy itself, or under fsdp2
+        its full copy, refreshed after every optimizer step."""
+        return self.sampler if self.sampler is not None else self.model
 
     @property
     def resume_step(self) -> int:
@@ -147,10 +168,12 @@ class Policy:
             self.reference_adapters_off = True
             return
         self.reference = (load_model(self.init_checkpoint, dtype=self.settings.dtype, device=self.device)[0]
-                          if self.resume else copy.deepcopy(self.model))
+                          if self.resume else copy.deepcopy(self.sampling_model))
         self.reference.eval().requires_grad_(False)
         if resettable and self.resume_extra.get("ref_state") is not None:
             self.reference.load_state_dict(self.resume_extra["ref_state"])
+        if self.sharded:  # sharded like the policy, without an optimizer
+            shard_model(self.reference, mixed_precision=self.mixed_precision)
         self._reference_resettable = resettable
 
     def reset_reference(self) -> bool:
@@ -158,7 +181,7 @@ class Policy:
         no frozen copy to move (no KL, or LoRA whose reference is the base)."""
         if self.reference is None:
             return False
-        self.reference.load_state_dict(self.model.state_dict())
+        self.reference.load_state_dict(self.model.state_dict())  # under fsdp2: shard by shard, the same layout
         return True
 
     # --- optimizer and schedule ----------------------------------------------------------------------------------
@@ -166,19 +189,29 @@ class Policy:
     def configure_optimizer(self, settings: OptimizerSettings, schedule: Callable[[int], float]) -> None:
         """AdamW over the policy's parameters (and ``settings.extra_groups``), a LambdaLR ``schedule``; restores
         both, and the random number generators, from the checkpoint the policy resumes from."""
+        if self.sharded:  # a forward before now (DPO's reference log-probs) left the root's weights gathered
+            self.model.reshard()
         groups = [{"params": list(self.model.parameters()), "lr": settings.lr}]
         self._group_names = ["policy"]
         for group in settings.extra_groups:
             groups.append({"params": list(group["params"]), "lr": group["lr"]})
             self._group_names.append(group["name"])
-        broadcast_parameters([p for group in groups for p in group["params"]])  # under torchrun: rank 0's start
+        if not self.sharded:  # under torchrun: every rank starts from rank 0's values (fsdp2: loaded alike, sharded)
+            broadcast_parameters([p for group in groups for p in group["params"]])
         params = groups[0]["params"] if len(groups) == 1 else groups
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
                                            betas=tuple(settings.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.max_grad_norm = settings.max_grad_norm
         if self.resume:
-            self.optimizer.load_state_dict(self.resume["optimizer"])
+            by_name = bool(self.resume_extra.get("optimizer_by_name"))
+            if by_name != self.sharded:
+                raise ValueError(f"this checkpoint was written with parallel: {'fsdp2' if by_name else 'ddp'}; "
+                                 f"resume it with the same parallel setting")
+            if self.sharded:  # the whole state, keyed by parameter name: each rank takes its shard
+                load_full_optimizer_state(self.model, self.optimizer, self.resume["optimizer"])
+            else:
+                self.optimizer.load_state_dict(self.resume["optimizer"])
             self.scheduler.load_state_dict(self.resume["scheduler"])
             set_rng_state(self.resume["rng"])
 
@@ -196,7 +229,8 @@ class Policy:
         ("grad_norm" for the policy, "<group>_grad_norm" for the others; 0 when not clipping one group)."""
         norms: dict[str, float] = {}
         all_params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        all_reduce_gradients(all_params)  # under torchrun: each rank's loss was a share of the global one; sum them
+        if not self.sharded:  # fsdp2 summed them in backward
+            all_reduce_gradients(all_params)  # under torchrun: each rank's loss was a share of the global one; sum
         if len(self._group_names) > 1:  # one norm per group for the log, then one clip over all of them
             for name, group in zip(self._group_names, self.optimizer.param_groups):
                 grads = [p.grad.detach().float().norm() for p in group["params"] if p.grad is not None]
@@ -205,10 +239,12 @@ class Policy:
             if self.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(all_params, self.max_grad_norm)
         else:
-            norms["grad_norm"] = (torch.nn.utils.clip_grad_norm_(all_params, self.max_grad_norm).item()
+            norms["grad_norm"] = (_item(torch.nn.utils.clip_grad_norm_(all_params, self.max_grad_norm))
                                   if self.max_grad_norm > 0 else 0.0)
         self.optimizer.step()
         self.updates += 1
+        if self.sharded:  # the generator's full copy follows the shards
+            self.sampler.load_state_dict(full_state_dict(self.model))
         for notify in self._on_update:
             notify()
         return norms
@@ -306,23 +342,29 @@ class Policy:
         tokenizer, and ``trainer_state.pt`` (optimizer, schedule, RNG, step, ``extra``; the frozen reference when
         it moves), renamed into place together. ``write_more(tmp)`` adds files inside the same rename. Under torchrun
         only rank 0 writes it (every rank holds the same state; a resume reads rank 0's, ``Stage.resume_dir``)."""
-        if not world().is_main:
-            return
         extra = dict(extra or {})
         if self.reference is not None and self._reference_resettable:
-            extra["ref_state"] = self.reference.state_dict()
+            extra["ref_state"] = full_state_dict(self.reference) if self.sharded else self.reference.state_dict()
+        optimizer_state = None
+        if self.sharded:  # gathered whole (every rank takes part), so that any number of ranks can resume it
+            optimizer_state = full_optimizer_state(self.model, self.optimizer)
+            extra["optimizer_by_name"] = True
+        if not world().is_main:
+            return
         with atomic_dir(folder) as tmp:
-            save_weights(self.model, tmp)
+            save_weights(self.sampling_model, tmp)
             write_tokenizer(self.tokenizer, tmp)
-            self.save_training_state(tmp, step, extra=extra)
+            self.save_training_state(tmp, step, extra=extra, optimizer_state=optimizer_state)
             if write_more is not None:
                 write_more(tmp)
 
-    def save_training_state(self, folder: Path, step: int, *, extra: dict | None = None) -> None:
+    def save_training_state(self, folder: Path, step: int, *, extra: dict | None = None,
+                            optimizer_state: dict | None = None) -> None:
         """``trainer_state.pt`` in ``folder`` (a checkpoint being written): optimizer, schedule, RNG, step, extra."""
-        save_training_state(folder, optimizer=self.optimizer, scheduler=self.scheduler, step=step, extra=extra)
+        save_training_state(folder, optimizer=self.optimizer, scheduler=self.scheduler, step=step, extra=extra,
+                            optimizer_state=optimizer_state)
 
     def save_final(self, folder: Path, info: dict | None = None) -> str:
         """The stage's result in Hugging Face format (loadable by transformers, servable by vLLM)."""
-        save_model(self.model, self.tokenizer, folder, extra=info)
+        save_model(self.sampling_model, self.tokenizer, folder, extra=info)
         return str(folder)

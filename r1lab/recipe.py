@@ -36,6 +36,7 @@ class EvalConfig:
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 ENGINES = ("auto", "fast", "transformers", "hf")
 PRECISIONS = ("full", "bf16-mixed")
+PARALLEL = ("ddp", "fsdp2")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -57,6 +58,10 @@ class RunConfig:
     precision: str = doc("full", "full: compute in `dtype`; bf16-mixed: fp32 weights and AdamW state, forward and "
                                  "backward in bf16 (autocast), sampling with a bf16 copy of the weights. For GPUs: "
                                  "on a CPU without native bf16 it is many times slower than fp32.")
+    parallel: str = doc("ddp", "How several processes (torchrun) share the training: ddp (every rank holds the whole "
+                               "model; gradients summed over ranks before each optimizer step) or fsdp2 (weights, "
+                               "gradients and AdamW state sharded per decoder layer, with a full copy for sampling; "
+                               "GRPO, SFT and DPO). README, 'Many processes'.")
     gradient_checkpointing: bool = doc(False, "Recompute activations in backward (less memory, ~15% slower).")
     lora: LoraConfig = doc(LoraConfig(), "LoRA / QLoRA adapters (peft) for the RL stages; reference = adapters off.")
     task: TaskConfig = doc(TaskConfig(), "The task: prompts, answers and the verifier.")
@@ -81,6 +86,11 @@ class RunConfig:
         elif self.precision == "bf16-mixed" and self.dtype not in ("float32", "fp32"):
             found.append(Problem("precision", self.precision, f"bf16-mixed keeps fp32 master weights: set dtype: "
                                                               f"float32 (it is {self.dtype})"))
+        if self.parallel not in PARALLEL:
+            found.append(Problem("parallel", self.parallel, f"must be one of {', '.join(PARALLEL)}"))
+        elif self.parallel == "fsdp2" and self.lora.enabled:
+            found.append(Problem("parallel", self.parallel, "LoRA adapters are not sharded yet: use parallel: ddp "
+                                                            "with lora (the frozen base is then held once per rank)"))
         if self.engine not in ENGINES:
             found.append(Problem("engine", self.engine, f"must be one of {', '.join(ENGINES)}"))
         return found

@@ -56,6 +56,10 @@ def check_recipe(run: RunConfig, stages: dict[str, Any], kinds: dict[str, str]) 
     for name, kind in kinds.items():
         where = f"stages.{name}"
         problems += _stage_name_problems(name)
+        if run.parallel == "fsdp2" and kind in ("ppo", "reward_model"):
+            problems.append(Problem(f"{where}.kind", kind, f"parallel: fsdp2 does not shard a value model yet (the "
+                                                           f"{'critic' if kind == 'ppo' else 'reward model'}); use "
+                                                           f"parallel: ddp for this recipe"))
         cfg = stages.get(name)
         start = last_model
         if cfg is not None:

@@ -175,7 +175,7 @@ class Stage:
     # --- models and sampling ---------------------------------------------------------------------------------------
 
     def model_settings(self) -> ModelSettings:
-        return ModelSettings(dtype=self.run.dtype, precision=self.run.precision,
+        return ModelSettings(dtype=self.run.dtype, precision=self.run.precision, parallel=self.run.parallel,
                              gradient_checkpointing=self.run.gradient_checkpointing, lora=self.run.lora)
 
     def load_policy(self, *, trainable: bool = True) -> Policy:
@@ -202,7 +202,7 @@ class Stage:
 
     def generator(self, policy: Policy) -> Generator:
         """The generator that samples with ``policy``'s weights; told after every optimizer step that they changed."""
-        generator = Generator(self.run.engine, policy.model, policy.tokenizer, dtype=policy.compute_dtype)
+        generator = Generator(self.run.engine, policy.sampling_model, policy.tokenizer, dtype=policy.compute_dtype)
         policy.on_update(generator.weights_changed)
         return generator
 

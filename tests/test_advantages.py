@@ -169,3 +169,33 @@ def test_whiten_single_value_is_finite():
     out = whiten(torch.tensor([[5.0, 0.0]]), torch.tensor([[1, 0]]))
     assert torch.equal(out, torch.zeros(1, 2))
     assert math.isfinite(out.sum().item())
+
+
+def test_whiten_over_parts_held_by_several_processes_equals_whitening_the_whole():
+    # the rows [1, 2, 3] and [4, pad, pad] of test_whiten_masked held by two "ranks" (threads here): sum_over adds
+    # both parts' values as an all-reduce would, so each part is whitened with the whole batch's mean 2.5 and
+    # std 1.290994
+    import threading
+
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    posted, results = [None, None], [None, None]
+    meet = threading.Barrier(2)
+
+    def rank(i):
+        def sum_over(x):
+            posted[i] = x.clone()
+            meet.wait()
+            total = posted[0] + posted[1]
+            meet.wait()  # both have read before either posts the next value
+            return total
+        results[i] = whiten(values[i:i + 1], mask[i:i + 1], sum_over=sum_over)
+
+    threads = [threading.Thread(target=rank, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    close(torch.cat(results), [[-1.161895, -0.387298, 0.387298], [1.161895, 0.0, 0.0]])
+    # each part whitened alone would not be: row 2 has one entry and would come out 0
+    assert whiten(values[1:], mask[1:]).abs().sum() == 0

@@ -30,6 +30,7 @@ from r1lab.config import Problem, doc, positive
 from r1lab.data.jsonl import read_preference_pairs
 from r1lab.dist import share, sum_stats_over_ranks
 from r1lab.encoding import EncodedPair, encode_pairs
+from r1lab.fsdp import matching_passes
 from r1lab.logprobs import completion_logprobs, make_batch
 from r1lab.losses import dpo_loss
 from r1lab.stage import Stage, StageOutput
@@ -84,6 +85,7 @@ def dpo_step(model, pairs: list[EncodedPair], ref: torch.Tensor, pad_id: int, be
     size = micro_batch_size or len(pairs)
     first, stop = share(len(pairs))  # under torchrun: this rank's pairs; weights are shares of every rank's
     totals: dict[str, float] = {}
+    empty_passes = matching_passes(model, -(-(stop - first) // size))  # fsdp2: as many passes on every rank
     for start in range(first, stop, size):
         part = pairs[start:min(start + size, stop)]
         ref_part = ref[start:start + len(part)].to(device)
@@ -99,6 +101,10 @@ def dpo_step(model, pairs: list[EncodedPair], ref: torch.Tensor, pad_id: int, be
                           "logps/chosen": chosen.mean().item(), "logps/rejected": rejected.mean().item()})
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + weight * value
+    for _ in range(empty_passes):  # weight 0
+        zero = sum(side.sum() for side in pair_logprobs(model, pairs[:1], pad_id, device)) * 0.0
+        if backward:
+            zero.backward()
     return sum_stats_over_ranks(totals)
 
 

@@ -40,6 +40,7 @@ import torch
 from r1lab.advantages import adaptive_kl_coef, ppo_advantages
 from r1lab.checkpoint import atomic_dir
 from r1lab.config import Problem, at_least, doc, positive
+from r1lab.dist import all_reduce_sum, sum_over_ranks
 from r1lab.losses import kl_penalty, masked_mean, ppo_policy_loss, value_loss
 from r1lab.rollout import (OnlineRLConfig, SamplerGap, add_stats, check_reward_errors, draw_rollout, finish_step,
                            gather_rollout, rollout_metrics, start_online_rl, step_seeds, warn_if_truncated)
@@ -130,6 +131,7 @@ def train(cfg: PPOConfig, stage: Stage) -> StageOutput:
         batch = rollout.batch.to(policy.device)
         mask = batch.completion_mask  # (B, C)
         size = len(rollout.generations)
+        all_completions = sum_over_ranks(size)  # under torchrun: every rank's
         multi_pass = cfg.updates_per_rollout > 1 or cfg.minibatches > 1
 
         # 3-4. π_old, π_ref, V_old on the whole rollout before any update; KL rewards; GAE
@@ -142,12 +144,13 @@ def train(cfg: PPOConfig, stage: Stage) -> StageOutput:
             old_values = value_model.values(batch)  # (B, C)
             advantages, returns, rewards = ppo_advantages(
                 rollout.rewards.to(policy.device), old_values, mask, kl=kl, kl_coef=kl_coef, gamma=cfg.gamma,
-                lam=cfg.lam, whiten_rewards=cfg.whiten_rewards, whiten_advantages=cfg.whiten_advantages)
+                lam=cfg.lam, whiten_rewards=cfg.whiten_rewards, whiten_advantages=cfg.whiten_advantages,
+                sum_over=all_reduce_sum)  # whitened over every rank's tokens
             _, rollout_value_stats = value_loss(old_values, old_values, returns, mask)
         gap = SamplerGap(rollout, cfg)  # the engine's logprobs against the trainer's, each completion once
         if old_logprobs is not None:
             gap.add(torch.arange(size), old_logprobs)
-        kl_per_completion = kl.sum(-1).mean().item() if kl is not None else 0.0
+        kl_per_completion = sum_over_ranks(kl.sum().item()) / all_completions if kl is not None else 0.0
 
         def loss_fn(rows, part, logprobs):  # clipped policy loss + value_coef × clipped value loss
             old = old_logprobs[rows] if old_logprobs is not None else logprobs.detach()
@@ -178,7 +181,8 @@ def train(cfg: PPOConfig, stage: Stage) -> StageOutput:
         # 6. adaptive β from the KL this rollout had (used for the next rollout's rewards)
         coef_used = kl_coef
         if cfg.target_kl is not None and kl is not None:
-            kl_coef = adaptive_kl_coef(kl_coef, kl_per_completion, cfg.target_kl, cfg.kl_horizon, size)
+            kl_coef = adaptive_kl_coef(kl_coef, kl_per_completion, cfg.target_kl, cfg.kl_horizon,
+                                       int(all_completions))
 
         # 7. log, evaluate, save (the critic inside the checkpoint)
         metrics.update({**{k: v / updates for k, v in totals.items()}, **gap.metrics()})

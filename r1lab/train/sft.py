@@ -31,6 +31,7 @@ from r1lab.config import Problem, doc
 from r1lab.data.jsonl import read_sft_examples
 from r1lab.dist import share, sum_stats_over_ranks
 from r1lab.encoding import Encoded, encode_sft_examples
+from r1lab.fsdp import matching_passes
 from r1lab.logprobs import completion_logprobs, make_batch
 from r1lab.losses import sft_loss
 from r1lab.stage import Stage, StageOutput
@@ -76,7 +77,9 @@ def sft_step_loss(model, examples: list[Encoded], pad_id: int, token_budget: int
     start, stop = share(len(examples))
     mine = examples[start:stop]
     sums = {"loss": 0.0, "padded": 0.0, "positions": 0.0}
-    for group in micro_batches([(len(p), len(c)) for p, c in mine], token_budget):
+    groups = micro_batches([(len(p), len(c)) for p, c in mine], token_budget)
+    empty_passes = matching_passes(model, len(groups))  # fsdp2: every rank runs as many passes (agreed first)
+    for group in groups:
         batch = make_batch([mine[i][0] for i in group], [mine[i][1] for i in group], pad_id).to(device)
         logprobs, _ = completion_logprobs(model, batch)  # (B, C)
         mask = batch.completion_mask  # (B, C): 1 on completion tokens and EOS
@@ -87,6 +90,11 @@ def sft_step_loss(model, examples: list[Encoded], pad_id: int, token_budget: int
         sums["loss"] += loss.item() * weight
         sums["positions"] += batch.input_ids.numel()
         sums["padded"] += (batch.attention_mask == 0).sum().item()
+    for _ in range(empty_passes):  # weight 0
+        empty = make_batch([examples[0][0]], [examples[0][1]], pad_id).to(device)
+        zero = completion_logprobs(model, empty)[0].sum() * 0.0
+        if backward:
+            zero.backward()
     sums = sum_stats_over_ranks(sums)
     return {"loss": sums["loss"], "tokens": total_tokens, "padding_frac": sums["padded"] / max(1, sums["positions"])}
 
