@@ -178,7 +178,8 @@ def evaluate_model(generator, task, template, *, num_problems: int, k: int, temp
     """
     examples = task.examples(split, num_problems, seed=seed)
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-    samples = sample_and_score(generator, template, examples, k, params, verify_answers=True)
+    samples = sample_and_score(generator, template, examples, k, params, verify_answers=True,
+                               split_over_ranks=True)  # under torchrun: each rank its part
     records, lines = [], []
     for index, (example, generation, response, answer, correct) in enumerate(zip(
             samples.examples, samples.generations, samples.responses, samples.answers, samples.correct)):

@@ -11,13 +11,15 @@ the weights refreshes it once per step and never from inside a trainer's loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from r1lab.config import Problem, at_least, doc, raise_problems, within
+from r1lab.dist import all_gather_objects, share, world
 from r1lab.encoding import context_length, warn_if_prompts_exceed_context
 from r1lab.engine import Generation, SamplingParams, make_engine
 from r1lab.rewards import ScoreResult, extract_answer, score_completions
+from r1lab.rewards.scoring import concat_scores
 from r1lab.tasks import verify
 
 
@@ -92,12 +94,24 @@ class Samples:
 def sample_and_score(generator: Generator, template, examples: list[dict], n: int, params: SamplingParams, *,
                      rewards: dict[str, float] | None = None,
                      rewards_by_task: dict[str, dict[str, float]] | None = None, verify_answers: bool = False,
-                     render: Callable[[str], str] | None = None) -> Samples:
+                     render: Callable[[str], str] | None = None, split_over_ranks: bool = False) -> Samples:
     """Render, sample ``n`` completions per example, prefill, then score with ``rewards`` (name -> weight; see
     ``r1lab.rewards.score_completions``) and/or verify each answer with the example's verifier.
 
     ``render``: prompt -> model input (default ``template.render``; few-shot prompting passes its own).
+    ``split_over_ranks``: under torchrun every rank calls this with the same ``examples``, samples and scores its own
+    contiguous part of them (numbered in the random streams by its place in the whole call, so r1lab's engine draws
+    what one process would) and gets every rank's samples back, in order.
     """
+    if split_over_ranks and world().distributed:
+        start, stop = share(len(examples))
+        part = sample_and_score(generator, template, examples[start:stop], n,
+                                replace(params, first_sequence=params.first_sequence + start * n), rewards=rewards,
+                                rewards_by_task=rewards_by_task, verify_answers=verify_answers, render=render)
+        return concat_samples(all_gather_objects(part), n)
+    if not examples:
+        return Samples([], [], [], n, score_completions([], [], rewards, rewards_by_task) if rewards is not None
+                       else None, [] if verify_answers else None, [] if verify_answers else None)
     render = render or template.render
     prompts = [render(example["prompt"]) for example in examples]
     if isinstance(generator, Generator):  # tests pass scripted engines, which have no model
@@ -114,3 +128,15 @@ def sample_and_score(generator: Generator, template, examples: list[dict], n: in
         samples.answers = [extract_answer(response, example) for response, example in zip(responses, flat_examples)]
         samples.correct = [bool(verify(answer, example)) for answer, example in zip(samples.answers, flat_examples)]
     return samples
+
+
+def concat_samples(parts: list[Samples], n: int) -> Samples:
+    """Several ``Samples`` of ``n`` completions per example as one, in order."""
+    def joined(name: str):
+        values = [getattr(p, name) for p in parts]
+        return None if any(v is None for v in values) else [x for v in values for x in v]
+
+    scores = [p.scores for p in parts]
+    return Samples(joined("examples"), joined("generations"), joined("responses"), n,
+                   None if any(s is None for s in scores) else concat_scores(scores), joined("answers"),
+                   joined("correct"))

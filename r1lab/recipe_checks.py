@@ -61,6 +61,11 @@ def check_recipe(run: RunConfig, stages: dict[str, Any], kinds: dict[str, str]) 
                                                            f"{'critic' if kind == 'ppo' else 'reward model'}); use "
                                                            f"parallel: ddp for this recipe"))
         cfg = stages.get(name)
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun
+        if cfg is not None and hasattr(cfg, "prompts_per_step") and cfg.prompts_per_step % processes:
+            problems.append(Problem(f"{where}.prompts_per_step", cfg.prompts_per_step,
+                                    f"cannot be split evenly over {processes} processes (each samples whole groups "
+                                    f"for an equal share of the prompts): make it a multiple of {processes}"))
         start = last_model
         if cfg is not None:
             context = _Context(where, earlier, list(kinds), run.model, model_after)

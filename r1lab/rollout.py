@@ -26,7 +26,7 @@ from r1lab.logprobs import Batch, make_batch
 from r1lab.models import peak_memory
 from r1lab.policy import OptimizerSettings, Policy, warmup_then_decay
 from r1lab.rewards import ScoreResult
-from r1lab.rewards.scoring import RewardFailedError
+from r1lab.rewards.scoring import RewardFailedError, concat_scores
 from r1lab.stage import Stage
 from r1lab.tasks import TaskConfig, task_metrics
 
@@ -133,14 +133,7 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         m[:, : p.batch.completion_mask.shape[1]] = p.batch.completion_mask
         masks.append(m)
     batch.completion_mask = torch.cat(masks)
-    per_reward = {k: [v for p in parts for v in p.scores.per_reward[k]] for k in parts[0].scores.per_reward}
-    errors = {k: sum(p.scores.errors.get(k, 0) for p in parts) for k in parts[0].scores.errors}
-    scored = {k: sum(p.scores.scored.get(k, 0) for p in parts) for k in parts[0].scores.scored}
-    first_errors = {}
-    for p in parts:  # the earliest part's first error of each reward
-        first_errors = {**p.scores.first_errors, **first_errors}
-    scores = ScoreResult(total=[t for p in parts for t in p.scores.total], per_reward=per_reward, errors=errors,
-                         scored=scored, first_errors=first_errors)
+    scores = concat_scores([p.scores for p in parts])
     return Rollout([e for p in parts for e in p.examples], generations, [r for p in parts for r in p.responses],
                    scores, torch.cat([p.rewards for p in parts]), batch, parts[0].group_size)
 

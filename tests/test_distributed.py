@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -184,10 +185,54 @@ def test_fsdp2_refuses_the_stages_it_cannot_shard_before_anything_runs(tmp_path)
     assert not (tmp_path / "runs" / "refused").exists()
 
 
-def test_prompts_that_cannot_be_split_by_whole_groups_are_refused(tmp_path, eos_prone_checkpoint):
-    two = _run(_recipe(tmp_path, "odd", eos_prone_checkpoint, prompts_per_step=3), 2)
-    assert two.returncode != 0
-    assert "stage 'grpo': 3 prompts_per_step cannot be split evenly over 2 processes" in two.stderr
+def _data_recipe(tmp_path, name: str, model) -> str:
+    """Rejection sampling and preference pairs over 7 and 5 prompts (split 4 + 3 and 3 + 2), then a GRPO step
+    whose final evaluation (5 problems × 2 samples) splits too."""
+    sampling = {"samples_per_prompt": 3, "max_new_tokens": 10, "temperature": 1.0, "top_p": 1.0}
+    stages = {
+        "rs": {"kind": "rejection_sampling", "num_prompts": 7, **sampling},
+        "pairs": {"kind": "preference_pairs", "num_prompts": 5, "domain_pairs": 2, **sampling},
+        "grpo": {"kind": "grpo", "steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 10,
+                 "eval_every": 0, "save_every": 0, "eval": True, "rewards": {"format_soft": 1.0}},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "output_dir": str(tmp_path / "runs"), "model": str(model),
+                                    "threads": 1, "task": {"name": "arithmetic", "options": {"digits": 1}},
+                                    "eval": {"num_problems": 5, "k": 2, "max_new_tokens": 10},
+                                    "stages": stages}, sort_keys=False))
+    return str(path)
+
+
+def test_data_stages_and_evaluations_split_over_ranks_write_what_one_process_writes(tmp_path, eos_prone_checkpoint):
+    one = _run(_data_recipe(tmp_path, "one", eos_prone_checkpoint), 1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run(_data_recipe(tmp_path, "two", eos_prone_checkpoint), 2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    runs = tmp_path / "runs"
+    for stage in ("rs", "pairs"):
+        a, b = (json.loads((runs / name / stage / "stats.json").read_text()) for name in ("one", "two"))
+        assert a == b and a["sampled"] > 0, (stage, a, b)
+    for name in ("data.jsonl", "pairs.jsonl"):
+        stage = "rs" if name == "data.jsonl" else "pairs"
+        rows = [[{k: v for k, v in json.loads(line).items() if k != "source"}
+                 for line in (runs / run / stage / name).read_text().splitlines()] for run in ("one", "two")]
+        assert rows[0] == rows[1]
+    summaries = [json.loads((runs / name / "summary.json").read_text())["stages"][-1]["eval"] for name in ("one", "two")]
+    assert summaries[0] == summaries[1]
+    samples = [(runs / name / "grpo" / "eval_samples.jsonl").read_text().splitlines() for name in ("one", "two")]
+    assert len(samples[0]) == 10 and samples[0] == samples[1]
+
+
+def test_prompts_that_cannot_be_split_by_whole_groups_are_refused_before_anything_runs(tmp_path, monkeypatch,
+                                                                                        eos_prone_checkpoint):
+    from r1lab.config import ConfigError
+    from r1lab.pipeline import load_recipe
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it for two processes
+    with pytest.raises(ConfigError, match=r"stages.grpo.prompts_per_step = 3: cannot be split evenly over 2 "
+                                          r"processes .* make it a multiple of 2"):
+        load_recipe(_recipe(tmp_path, "odd", eos_prone_checkpoint, prompts_per_step=3))
+    load_recipe(_recipe(tmp_path, "even", eos_prone_checkpoint, prompts_per_step=4))
 
 
 def test_shard_gives_each_rank_whole_equal_parts(monkeypatch):
@@ -263,7 +308,7 @@ def four_steps_straight(tmp_path_factory, eos_prone_checkpoint):
     return tmp_path / "runs" / "straight"
 
 
-@pytest.mark.parametrize("stopped_at, resumed_at, parallel", [(2, 1, "ddp"), (1, 2, "ddp"), (2, 1, "fsdp2")])
+@pytest.mark.parametrize("stopped_at, resumed_at, parallel", [(1, 2, "ddp"), (2, 1, "fsdp2")])
 def test_a_run_stopped_at_one_world_size_resumes_at_another_with_the_same_steps(
         tmp_path, eos_prone_checkpoint, four_steps_straight, stopped_at, resumed_at, parallel):
     recipe = _recipe(tmp_path, "resumed", eos_prone_checkpoint, parallel=parallel, steps=4, save_every=2,
@@ -281,3 +326,37 @@ def test_a_run_stopped_at_one_world_size_resumes_at_another_with_the_same_steps(
     assert [row["step"] for row in resumed_rows] == [1, 2, 3, 4]  # steps 1-2 before the kill, 3-4 after: resumed
     for x, y in zip(straight[2:], resumed_rows[2:]):  # the steps after the resume are the uninterrupted run's
         assert y["loss"] == pytest.approx(x["loss"], abs=1e-5)
+
+
+def test_sample_and_score_samples_only_this_ranks_part_numbered_by_its_place(monkeypatch):
+    """Rank 1 of 2 with 7 prompts × 3: it samples prompts 4-6 as sequences 12-20 of the call, and gets back every
+    rank's samples in order (the all-gather is played by a fake here)."""
+    from types import SimpleNamespace
+
+    from r1lab import generation
+    from r1lab.engine import SamplingParams
+    from r1lab.templates import PromptTemplate
+    from r1lab.recipe import TemplateConfig
+
+    class Engine:
+        calls = []
+
+        def generate(self, prompts, n, params):
+            ids = [re.search(r"p\d\d", p).group() for p in prompts]
+            self.calls.append((ids, params.first_sequence))
+            return [[SimpleNamespace(text=f"<answer>{p}#{i}</answer>") for i in range(n)] for p in ids]
+
+    monkeypatch.setattr(dist, "_world", dist.World(rank=1, world_size=2))
+    rank0_part = {}
+    monkeypatch.setattr(generation, "all_gather_objects", lambda part: [rank0_part["samples"], part])
+    template = PromptTemplate(TemplateConfig())
+    examples = [{"prompt": f"p{i:02d}", "answer": str(i)} for i in range(7)]
+    engine = Engine()
+    rank0_part["samples"] = generation.sample_and_score(engine, template, examples[:4], 3, SamplingParams(seed=5))
+    engine.calls.clear()
+    samples = generation.sample_and_score(engine, template, examples, 3, SamplingParams(seed=5, first_sequence=0),
+                                          split_over_ranks=True)
+    (prompts, first), = engine.calls
+    assert prompts == ["p04", "p05", "p06"] and first == 12
+    assert [e["prompt"] for e in samples.examples] == [f"p{i:02d}" for i in range(7) for _ in range(3)]
+    assert len(samples.responses) == 21 and samples.responses[12].endswith("p04#0</answer>")

@@ -29,7 +29,8 @@ def pass_rates(generator: Generator, template, examples: list[dict], k: int, par
     for start in range(0, len(examples), batch_prompts):
         chunk = examples[start:start + batch_prompts]
         batch_params = dataclasses.replace(params, seed=params.seed + start)  # a sampling stream per batch
-        samples = sample_and_score(generator, template, chunk, k, batch_params, verify_answers=True)
+        samples = sample_and_score(generator, template, chunk, k, batch_params, verify_answers=True,
+                                   split_over_ranks=True)
         rates += [fmean(group) for group in samples.groups(samples.correct)]
     return rates
 

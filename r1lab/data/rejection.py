@@ -72,7 +72,8 @@ def rejection_sample(generator: Generator, task, template, examples: list[dict],
     for start in range(0, len(examples), batch_prompts):
         chunk = examples[start:start + batch_prompts]
         batch_params = dataclasses.replace(params, seed=params.seed + start)  # a sampling stream per batch
-        samples = sample_and_score(generator, template, chunk, n, batch_params, render=render)
+        samples = sample_and_score(generator, template, chunk, n, batch_params, render=render,
+                                   split_over_ranks=True)
         for position, (example, completion) in enumerate(zip(samples.examples, samples.responses)):
             sampled += 1
             if not judge(example["prompt"], completion, example):

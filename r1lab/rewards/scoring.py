@@ -47,6 +47,20 @@ class ScoreResult:
     first_errors: dict[str, str] = field(default_factory=dict)  # per reward, its first failure in this batch
 
 
+def concat_scores(parts: list[ScoreResult]) -> ScoreResult:
+    """The scores of several batches of completions as one (in order): lists joined, counts summed, each reward's
+    earliest first error kept. A batch that a reward did not score holds None for it."""
+    keys = list(dict.fromkeys(k for p in parts for k in p.per_reward))
+    per_reward = {k: [v for p in parts for v in p.per_reward.get(k, [None] * len(p.total))] for k in keys}
+    errors = {k: sum(p.errors.get(k, 0) for p in parts) for k in dict.fromkeys(k for p in parts for k in p.errors)}
+    scored = {k: sum(p.scored.get(k, 0) for p in parts) for k in dict.fromkeys(k for p in parts for k in p.scored)}
+    first_errors: dict[str, str] = {}
+    for p in parts:
+        first_errors = {**p.first_errors, **first_errors}
+    return ScoreResult(total=[t for p in parts for t in p.total], per_reward=per_reward, errors=errors,
+                       scored=scored, first_errors=first_errors)
+
+
 def _warn_once(spec: str, message: str, *args, exc_info: BaseException | None = None) -> None:
     if spec in _already_warned:
         return

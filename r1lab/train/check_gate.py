@@ -70,7 +70,8 @@ def check_reliability(generator: Generator, task, template, *, num_problems: int
     such marks; accuracy_by_checks {n_checks: {"pass_rate", "count"}}; checks_per_completion, revisions, pass@1."""
     examples = task.examples(split, num_problems, seed=seed)
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-    samples = sample_and_score(generator, template, examples, k, params, verify_answers=True)
+    samples = sample_and_score(generator, template, examples, k, params, verify_answers=True,
+                               split_over_ranks=True)
     summary = summarize_checks(samples.responses, samples.examples, samples.correct)
     summary.update({"pass@1": round(fmean(samples.correct), 4), "num_problems": len(examples), "k": k,
                     "temperature": temperature, "top_p": top_p})
