@@ -13,7 +13,7 @@ from collections import namedtuple
 import pytest
 import torch
 
-from r1lab import checkpoint, cli
+from r1lab import checkpoint, cli, commands
 from r1lab.checkpoint import (DiskFullError, atomic_dir, atomic_write_text, is_disk_full, save_training_state)
 from r1lab.data.jsonl import read_sft_examples
 from r1lab.encoding import context_length, encode_sft_examples, warn_if_prompts_exceed_context
@@ -127,7 +127,7 @@ def test_cli_reports_a_full_disk_in_one_line(monkeypatch, capsys, tmp_path):
     def full(*args, **kwargs):
         raise checkpoint.disk_full_error(tmp_path / "checkpoint", OSError(errno.ENOSPC, "No space left on device"))
 
-    monkeypatch.setattr(cli, "run_recipe", full)
+    monkeypatch.setattr(commands, "run_recipe", full)
     assert cli.main(["run", "recipe.yaml"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"r1lab: error: the disk is full: could not write {tmp_path / 'checkpoint'}")
@@ -292,7 +292,7 @@ def test_eval_samples_path_that_cannot_be_written_fails_before_the_model_loads(t
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded before --samples was checked")
 
-    monkeypatch.setattr(cli, "load_model", must_not_load)
+    monkeypatch.setattr(commands, "load_model", must_not_load)
     blocker = tmp_path / "notes.txt"
     blocker.write_text("a file")
     assert cli.main(["eval", "--model", "tiny", "--samples", str(blocker / "out" / "samples.jsonl")]) == 2
@@ -304,7 +304,7 @@ def test_eval_samples_path_that_cannot_be_written_fails_before_the_model_loads(t
 
 def test_eval_samples_path_check_leaves_no_file_behind(tmp_path):
     target = tmp_path / "new" / "samples.jsonl"
-    cli.check_writable_file(target, "--samples")
+    commands.check_writable_file(target, "--samples")
     assert target.parent.is_dir() and list(target.parent.iterdir()) == []
 
 
@@ -332,8 +332,8 @@ def test_eval_samples_path_in_a_folder_that_refuses_writes(tmp_path, monkeypatch
     def refuse(self, *args, **kwargs):  # a read-only folder (root in a container writes anywhere, so simulated)
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
 
-    monkeypatch.setattr(cli.Path, "write_text", refuse)
-    with pytest.raises(cli.ConfigError) as caught:
-        cli.check_writable_file(tmp_path / "samples.jsonl", "--samples")
+    monkeypatch.setattr(commands.Path, "write_text", refuse)
+    with pytest.raises(commands.ConfigError) as caught:
+        commands.check_writable_file(tmp_path / "samples.jsonl", "--samples")
     assert str(caught.value) == (f"--samples {tmp_path / 'samples.jsonl'}: cannot write in {tmp_path} "
                                  f"(Permission denied); choose a writable path")

@@ -198,7 +198,8 @@ def test_version_and_eval_help_describe_themselves():
 
 
 def test_dry_run_prints_the_resolved_recipe_and_runs_nothing(tmp_path):
-    from r1lab.cli import main, resolved_recipe
+    from r1lab.cli import main
+    from r1lab.commands import resolved_recipe
 
     text = resolved_recipe(str(ROOT / "recipes" / "tiny" / "r1_zero.yaml"),
                            [f"output_dir={tmp_path}", "stages.grpo.steps=7"])
@@ -223,7 +224,8 @@ def test_an_override_without_a_space_after_the_colon_says_how_to_write_it():
 def test_eval_on_a_run_uses_the_runs_task_template_and_settings(tmp_path):
     """r1lab eval runs/<name>[/<stage>]: the model of the run's last stage (or of the stage), the run's task and
     evaluation settings; options given on the command line win."""
-    from r1lab.cli import build_parser, eval_settings
+    from r1lab.cli import build_parser
+    from r1lab.commands import eval_settings
 
     run = tmp_path / "runs" / "r"
     for stage, model in (("base", "runs/r/base/model"), ("grpo", "runs/r/grpo/final"), ("data", None)):
@@ -246,3 +248,14 @@ def test_eval_on_a_run_uses_the_runs_task_template_and_settings(tmp_path):
     assert (settings["model"], settings["task"], settings["k"], settings["max_new_tokens"]) == ("m", "arithmetic", 4, 64)
     with pytest.raises(Exception, match="not a run folder"):
         eval_settings(parse(["eval", str(tmp_path)]))
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["run", "--help"], ["eval", "--help"]])
+def test_help_and_version_answer_without_importing_torch_or_transformers(argv):
+    """What keeps `r1lab --help` near 0.1 s (bench/startup.py measures it): the commands, which need torch, are
+    imported only once the command line is parsed."""
+    probe = ("import sys\nfrom r1lab.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))" % argv)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

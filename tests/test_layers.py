@@ -30,6 +30,8 @@ PACKAGE_DIR = ROOT / PACKAGE
 LAZY_IMPORTS = {
     ("r1lab/rewards/registry.py", "r1lab.rewards.reward_model"):
         "a trained reward model needs torch and transformers, loaded only when a recipe names 'reward_model:...'",
+    ("r1lab/cli.py", "r1lab.commands"):
+        "the commands need torch and transformers (seconds to import); `r1lab --help` and `--version` do not",
 }
 
 
