@@ -31,20 +31,34 @@ from r1lab.logprobs import decoder_then_head_logprobs
 def shard_model(model, *, mixed_precision: bool) -> None:
     """Wrap ``model`` (a Hugging Face causal LM, in place) with ``fully_shard``: one unit per decoder layer, the root
     for the rest; ``completion_logprobs`` becomes one of the root's forward methods."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        raise ValueError(f"parallel: fsdp2 needs a decoder with a `layers` list; {type(model).__name__} has none")
+    model.r1lab_completion_logprobs = types.MethodType(decoder_then_head_logprobs, model)
+    _shard(model, layers, mixed_precision, "r1lab_completion_logprobs")
+
+
+def shard_value_model(value_model, *, mixed_precision: bool) -> None:
+    """The same for a value model (``r1lab.value_model.ValueModel``: PPO's critic, a reward model): one unit per
+    layer of its backbone, the root for the rest and the head; ``values`` becomes one of the root's forward methods."""
+    layers = getattr(value_model.backbone, "layers", None)
+    if layers is None:
+        raise ValueError(f"parallel: fsdp2 needs a backbone with a `layers` list; "
+                         f"{type(value_model.backbone).__name__} has none")
+    _shard(value_model, layers, mixed_precision, "values")
+
+
+def _shard(root, layers, mixed_precision: bool, forward_method: str) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision
               else MixedPrecisionPolicy())
-    layers = getattr(model.get_decoder(), "layers", None)
-    if layers is None:
-        raise ValueError(f"parallel: fsdp2 needs a decoder with a `layers` list; {type(model).__name__} has none")
     units = [fully_shard(layer, mp_policy=policy) for layer in layers]
-    units.append(fully_shard(model, mp_policy=policy))
+    units.append(fully_shard(root, mp_policy=policy))
     for unit in units:  # the trainers' losses are shares of the global ones: sum, do not average
         unit.set_gradient_divide_factor(1.0)
         unit.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
-    model.r1lab_completion_logprobs = types.MethodType(decoder_then_head_logprobs, model)
-    register_fsdp_forward_method(model, "r1lab_completion_logprobs")
+    register_fsdp_forward_method(root, forward_method)
 
 
 def is_sharded(model) -> bool:
@@ -62,7 +76,7 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
 
 def full_optimizer_state(model, optimizer) -> dict:
     """The optimizer's state gathered whole and keyed by parameter name (the same at any number of ranks); every
-    rank calls it, every rank gets it on the CPU."""
+    rank calls it, every rank gets it. ``model``: every module whose parameters the optimizer holds."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,

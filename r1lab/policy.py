@@ -26,7 +26,7 @@ import torch
 
 from r1lab.checkpoint import atomic_dir, load_training_state, save_training_state, set_rng_state
 from r1lab.dist import all_reduce_gradients, all_reduce_sum, broadcast_parameters, sum_over_ranks, world
-from r1lab.fsdp import full_optimizer_state, full_state_dict, load_full_optimizer_state, shard_model
+from r1lab.fsdp import full_optimizer_state, full_state_dict, is_sharded, load_full_optimizer_state, shard_model
 from r1lab.lora import is_lora_model, load_lora_policy
 from r1lab.logprobs import Batch, completion_logprobs
 from r1lab.models import load_model, save_model, save_weights, write_tokenizer
@@ -114,7 +114,8 @@ class Policy:
         self.updates = 0  # optimizer steps taken by this process
         self._reference_resettable = False
         self.sampler = None  # under fsdp2: a plain full copy of the weights for the generator and for saving
-        if self.settings.parallel == "fsdp2":
+        self._optimizer_modules: dict[str, torch.nn.Module] = {}  # what the optimizer trains: its state's names
+        if self.settings.parallel == "fsdp2" and not is_sharded(model):
             self.sampler = copy.deepcopy(model).eval().requires_grad_(False)
             shard_model(model, mixed_precision=self.mixed_precision)
 
@@ -139,7 +140,9 @@ class Policy:
 
     @property
     def sharded(self) -> bool:
-        return self.sampler is not None
+        """The policy is sharded with FSDP2 (``parallel: fsdp2``; a value model trained as the policy, sharded by its
+        trainer, counts too)."""
+        return is_sharded(self.model)
 
     @property
     def sampling_model(self):
@@ -193,9 +196,12 @@ class Policy:
             self.model.reshard()
         groups = [{"params": list(self.model.parameters()), "lr": settings.lr}]
         self._group_names = ["policy"]
+        self._optimizer_modules = {"policy": self.model}
         for group in settings.extra_groups:
             groups.append({"params": list(group["params"]), "lr": group["lr"]})
             self._group_names.append(group["name"])
+            if "module" in group:  # e.g. PPO's critic: its optimizer state is saved by parameter name too
+                self._optimizer_modules[group["name"]] = group["module"]
         if not self.sharded:  # under torchrun: every rank starts from rank 0's values (fsdp2: loaded alike, sharded)
             broadcast_parameters([p for group in groups for p in group["params"]])
         params = groups[0]["params"] if len(groups) == 1 else groups
@@ -209,7 +215,7 @@ class Policy:
                 raise ValueError(f"this checkpoint was written with parallel: {'fsdp2' if by_name else 'ddp'}; "
                                  f"resume it with the same parallel setting")
             if self.sharded:  # the whole state, keyed by parameter name: each rank takes its shard
-                load_full_optimizer_state(self.model, self.optimizer, self.resume["optimizer"])
+                load_full_optimizer_state(self._optimized_modules(), self.optimizer, self.resume["optimizer"])
             else:
                 self.optimizer.load_state_dict(self.resume["optimizer"])
             self.scheduler.load_state_dict(self.resume["scheduler"])
@@ -233,8 +239,8 @@ class Policy:
             all_reduce_gradients(all_params)  # under torchrun: each rank's loss was a share of the global one; sum
         if len(self._group_names) > 1:  # one norm per group for the log, then one clip over all of them
             for name, group in zip(self._group_names, self.optimizer.param_groups):
-                grads = [p.grad.detach().float().norm() for p in group["params"] if p.grad is not None]
-                norm = torch.linalg.vector_norm(torch.stack(grads)).item() if grads else 0.0
+                grads = [p.grad.detach() for p in group["params"] if p.grad is not None]
+                norm = _item(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
                 norms["grad_norm" if name == "policy" else f"{name}_grad_norm"] = norm
             if self.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(all_params, self.max_grad_norm)
@@ -243,7 +249,7 @@ class Policy:
                                   if self.max_grad_norm > 0 else 0.0)
         self.optimizer.step()
         self.updates += 1
-        if self.sharded:  # the generator's full copy follows the shards
+        if self.sampler is not None:  # the generator's full copy follows the shards
             self.sampler.load_state_dict(full_state_dict(self.model))
         for notify in self._on_update:
             notify()
@@ -345,11 +351,10 @@ class Policy:
         extra = dict(extra or {})
         if self.reference is not None and self._reference_resettable:
             extra["ref_state"] = full_state_dict(self.reference) if self.sharded else self.reference.state_dict()
-        optimizer_state = None
-        if self.sharded:  # gathered whole (every rank takes part), so that any number of ranks can resume it
-            optimizer_state = full_optimizer_state(self.model, self.optimizer)
-            extra["optimizer_by_name"] = True
+        optimizer_state = self._full_optimizer_state()
         if not world().is_main:
+            if write_more is not None and self.sharded:  # what it writes is gathered from every rank first
+                write_more(None)
             return
         with atomic_dir(folder) as tmp:
             save_weights(self.sampling_model, tmp)
@@ -358,11 +363,29 @@ class Policy:
             if write_more is not None:
                 write_more(tmp)
 
-    def save_training_state(self, folder: Path, step: int, *, extra: dict | None = None,
+    def save_training_state(self, folder: Path | None, step: int, *, extra: dict | None = None,
                             optimizer_state: dict | None = None) -> None:
-        """``trainer_state.pt`` in ``folder`` (a checkpoint being written): optimizer, schedule, RNG, step, extra."""
+        """``trainer_state.pt`` in ``folder`` (a checkpoint being written): optimizer, schedule, RNG, step, extra.
+        Sharded, every rank calls it (the optimizer state is gathered whole unless ``optimizer_state`` is given);
+        only rank 0 writes (``folder`` None: nothing to write on this rank)."""
+        if optimizer_state is None:
+            optimizer_state = self._full_optimizer_state()
+        if folder is None or not world().is_main:
+            return
+        extra = {**(extra or {}), **({"optimizer_by_name": True} if self.sharded else {})}
         save_training_state(folder, optimizer=self.optimizer, scheduler=self.scheduler, step=step, extra=extra,
                             optimizer_state=optimizer_state)
+
+    def _optimized_modules(self) -> torch.nn.Module:
+        """The module(s) whose parameters the optimizer holds, for naming its state: the policy alone, or the
+        policy and the modules of the extra groups side by side."""
+        if len(self._optimizer_modules) <= 1:
+            return self.model
+        return torch.nn.ModuleDict(self._optimizer_modules)
+
+    def _full_optimizer_state(self) -> dict | None:
+        """Sharded: the optimizer's whole state by parameter name (a collective); else None (its own state_dict)."""
+        return full_optimizer_state(self._optimized_modules(), self.optimizer) if self.sharded else None
 
     def save_final(self, folder: Path, info: dict | None = None) -> str:
         """The stage's result in Hugging Face format (loadable by transformers, servable by vLLM)."""

@@ -60,8 +60,8 @@ class RunConfig:
                                  "on a CPU without native bf16 it is many times slower than fp32.")
     parallel: str = doc("ddp", "How several processes (torchrun) share the training: ddp (every rank holds the whole "
                                "model; gradients summed over ranks before each optimizer step) or fsdp2 (weights, "
-                               "gradients and AdamW state sharded per decoder layer, with a full copy for sampling; "
-                               "GRPO, SFT and DPO). README, 'Many processes'.")
+                               "gradients and AdamW state sharded per decoder layer, with a full copy for sampling). "
+                               "README, 'Many processes'.")
     gradient_checkpointing: bool = doc(False, "Recompute activations in backward (less memory, ~15% slower).")
     lora: LoraConfig = doc(LoraConfig(), "LoRA / QLoRA adapters (peft) for the RL stages; reference = adapters off.")
     task: TaskConfig = doc(TaskConfig(), "The task: prompts, answers and the verifier.")

@@ -56,10 +56,6 @@ def check_recipe(run: RunConfig, stages: dict[str, Any], kinds: dict[str, str]) 
     for name, kind in kinds.items():
         where = f"stages.{name}"
         problems += _stage_name_problems(name)
-        if run.parallel == "fsdp2" and kind in ("ppo", "reward_model"):
-            problems.append(Problem(f"{where}.kind", kind, f"parallel: fsdp2 does not shard a value model yet (the "
-                                                           f"{'critic' if kind == 'ppo' else 'reward model'}); use "
-                                                           f"parallel: ddp for this recipe"))
         cfg = stages.get(name)
         processes = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun
         if cfg is not None and hasattr(cfg, "prompts_per_step") and cfg.prompts_per_step % processes:

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from r1lab.dist import world
+from r1lab.fsdp import full_state_dict, is_sharded
 from r1lab.logprobs import Batch
 from r1lab.models import resolve_dtype
 
@@ -51,14 +53,26 @@ class ValueModel(nn.Module):
         hidden = out.last_hidden_state[:, batch.prompt_width - 1:-1]  # (B, C, H), after the final norm
         return self.head(hidden.float()).squeeze(-1)  # (B, C)
 
-    def save(self, path: str | Path) -> Path:
-        """Write the backbone (HF format) and ``value_head.safetensors`` into ``path`` (made if missing)."""
+    def save(self, path: str | Path | None) -> Path | None:
+        """Write the backbone (HF format) and ``value_head.safetensors`` into ``path`` (made if missing). Sharded
+        with FSDP2, every rank must call it (the weights are gathered whole); only rank 0 writes, and a rank with
+        nothing to write passes ``path=None``."""
         from safetensors.torch import save_file
 
+        if is_sharded(self):
+            state = full_state_dict(self)
+            if path is None or not world().is_main:
+                return None
+            backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+            head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+        else:
+            if path is None:
+                return None
+            backbone, head = None, self.head.state_dict()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(path, safe_serialization=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_FILE))
+        self.backbone.save_pretrained(path, safe_serialization=True, state_dict=backbone)
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(path / HEAD_FILE))
         return path
 
 

@@ -51,43 +51,46 @@ def eos_prone_checkpoint(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def grpo_one_process(tmp_path_factory, eos_prone_checkpoint):
-    """Two GRPO steps in one plain process: the run the two-process runs must equal."""
-    tmp_path = tmp_path_factory.mktemp("grpo_one")
-    one = _run(_recipe(tmp_path, "one", eos_prone_checkpoint), 1)
-    assert one.returncode == 0, one.stderr[-3000:]
-    return tmp_path / "runs" / "one"
-
-
 def _step_metrics(run_dir) -> list[dict]:
     return [row for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
             if "step_seconds" in row]
 
 
-def test_ppo_on_two_processes_equals_one_process(tmp_path, eos_prone_checkpoint):
-    """PPO splits like GRPO; its advantages are whitened and its adaptive KL measured over every rank's tokens (one
-    pass, one minibatch: with more, each rank shuffles its own share, so the minibatches differ from one process')."""
-    settings = {"kind": "ppo", "target_kl": 0.1, "kl_coef": 0.05, "updates_per_rollout": 1, "minibatches": 1}
-    one = _run(_recipe(tmp_path, "one", eos_prone_checkpoint, **settings), 1)
+PPO_SETTINGS = {"kind": "ppo", "target_kl": 0.1, "kl_coef": 0.05, "updates_per_rollout": 1, "minibatches": 1}
+
+
+@pytest.fixture(scope="module")
+def ppo_one_process(tmp_path_factory, eos_prone_checkpoint):
+    tmp_path = tmp_path_factory.mktemp("ppo_one")
+    one = _run(_recipe(tmp_path, "one", eos_prone_checkpoint, **PPO_SETTINGS), 1)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _run(_recipe(tmp_path, "two", eos_prone_checkpoint, **settings), 2)
+    return tmp_path / "runs" / "one"
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_ppo_on_two_processes_equals_one_process(tmp_path, eos_prone_checkpoint, ppo_one_process, parallel):
+    """PPO splits like GRPO; its advantages are whitened and its adaptive KL measured over every rank's tokens (one
+    pass, one minibatch: with more, each rank shuffles its own share, so the minibatches differ from one process');
+    under fsdp2 the critic is sharded like the policy."""
+    two = _run(_recipe(tmp_path, "two", eos_prone_checkpoint, parallel=parallel, **PPO_SETTINGS), 2)
     assert two.returncode == 0, two.stderr[-3000:]
     runs = tmp_path / "runs"
     for part in ("model.safetensors", "value_model/model.safetensors", "value_model/value_head.safetensors"):
-        a, b = load_file(runs / "one" / "grpo" / "final" / part), load_file(runs / "two" / "grpo" / "final" / part)
+        a, b = load_file(ppo_one_process / "grpo" / "final" / part), load_file(runs / "two" / "grpo" / "final" / part)
         for key in a:
             # 5e-6: the whitening's sums run in another order, and AdamW's first steps (about lr × sign) magnify
             # a rounding difference on a gradient near 0 (1.3e-6 measured on one of 3,360 embedding weights)
             torch.testing.assert_close(b[key], a[key], atol=5e-6, rtol=0, msg=lambda m: f"{part} {key}: {m}")
-    for x, y in zip(_step_metrics(runs / "one"), _step_metrics(runs / "two")):
+    for x, y in zip(_step_metrics(ppo_one_process), _step_metrics(runs / "two")):
         for key in ("loss", "kl_coef", "kl/per_completion", "grad_norm"):
             assert y[key] == pytest.approx(x[key], abs=1e-5), key
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
-def test_grpo_on_two_processes_equals_one_process(tmp_path, eos_prone_checkpoint, grpo_one_process, parallel):
-    two = _run(_recipe(tmp_path, "two", eos_prone_checkpoint, parallel=parallel), 2)
+def test_grpo_on_two_processes_equals_one_process(tmp_path, eos_prone_checkpoint, four_steps_straight, parallel):
+    grpo_one_process = four_steps_straight  # four steps in one process, the same settings
+    two = _run(_recipe(tmp_path, "two", eos_prone_checkpoint, parallel=parallel, steps=4, save_every=2,
+                       rewards=_stopping_rewards(tmp_path)), 2)
     assert two.returncode == 0, two.stderr[-3000:]
     runs = tmp_path / "runs"
     a = load_file(grpo_one_process / "grpo" / "final" / "model.safetensors")
@@ -98,7 +101,7 @@ def test_grpo_on_two_processes_equals_one_process(tmp_path, eos_prone_checkpoint
         torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
     # every step's loss and rollout metrics are those of the one-process run (rank 0 logs the whole step)
     metrics = {"one": _step_metrics(grpo_one_process), "two": _step_metrics(runs / "two")}
-    assert len(metrics["one"]) == len(metrics["two"]) == 2
+    assert len(metrics["one"]) == len(metrics["two"]) == 4
     for x, y in zip(metrics["one"], metrics["two"]):
         for key in ("loss", "reward/mean", "completion/length_mean", "grad_norm", "entropy"):
             assert y[key] == pytest.approx(x[key], abs=1e-5), key
@@ -117,7 +120,7 @@ def _write_jsonl(path, rows):
 
 
 def _fixed_data_recipe(tmp_path, name: str, parallel: str = "ddp") -> str:
-    """Pretraining, SFT, DPO and (under ddp) a reward model, each with batches two ranks split unevenly (5 = 3 + 2)."""
+    """Pretraining, SFT, DPO and a reward model, each with batches that two ranks split unevenly (5 = 3 + 2)."""
     sft_rows = [{"prompt": f"{i}+{j}", "completion": f"<think>{i}+{j}={i + j}</think> <answer>{i + j}</answer>"}
                 for i in range(6) for j in range(3)]
     pairs = [{"prompt": f"{i}+1", "chosen": f"<think>{i}+1={i + 1}</think> <answer>{i + 1}</answer>",
@@ -134,8 +137,6 @@ def _fixed_data_recipe(tmp_path, name: str, parallel: str = "ddp") -> str:
         "rm": {"kind": "reward_model", "init": "sft", "data": str(tmp_path / "pairs.jsonl"), "micro_batch_size": 2,
                **fixed},
     }
-    if parallel == "fsdp2":  # fsdp2 does not shard a value model yet (refused by the recipe check)
-        del stages["rm"]
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"name": name, "output_dir": str(tmp_path / "runs"), "threads": 1,
                                     "parallel": parallel, "task": {"name": "arithmetic", "options": {"digits": 1}}, "stages": stages},
@@ -157,32 +158,18 @@ def test_pretraining_sft_dpo_and_reward_model_on_two_processes_equal_one_process
     two = _run(_fixed_data_recipe(tmp_path, "two", parallel), 2)
     assert two.returncode == 0, two.stderr[-3000:]
     runs = tmp_path / "runs"
-    stages = [("base", "model"), ("sft", "final"), ("dpo", "final")] + ([("rm", "final")] if parallel == "ddp" else [])
-    for stage, folder in stages:
+    for stage, folder in (("base", "model"), ("sft", "final"), ("dpo", "final"), ("rm", "final")):
         a = load_file(fixed_data_one_process / stage / folder / "model.safetensors")
         b = load_file(runs / "two" / stage / folder / "model.safetensors")
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0, msg=lambda m: f"{stage} {key}: {m}")
     one, two = _step_metrics(fixed_data_one_process), _step_metrics(runs / "two")
-    assert len(one) == 6 and len(two) == (6 if parallel == "ddp" else 4)  # 2 steps per trained stage
+    assert len(one) == len(two) == 6  # 2 steps per trained stage
     for x, y in zip(one, two):
         for key in ("loss", "grad_norm"):
             assert y[key] == pytest.approx(x[key], abs=1e-5), key
     assert not (runs / ".rank1").exists()
-
-
-def test_fsdp2_refuses_the_stages_it_cannot_shard_before_anything_runs(tmp_path):
-    recipe = yaml.safe_load(open(_fixed_data_recipe(tmp_path, "refused")))
-    recipe["parallel"] = "fsdp2"
-    recipe["stages"]["rm"] = {"kind": "reward_model", "data": str(tmp_path / "pairs.jsonl")}
-    path = tmp_path / "refused.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    result = subprocess.run([sys.executable, "-m", "r1lab", "run", str(path)], capture_output=True, text=True,
-                            timeout=TIMEOUT)
-    assert result.returncode != 0
-    assert "stages.rm.kind = 'reward_model': parallel: fsdp2 does not shard a value model yet" in result.stderr
-    assert not (tmp_path / "runs" / "refused").exists()
 
 
 def _data_recipe(tmp_path, name: str, model) -> str:

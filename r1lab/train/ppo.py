@@ -41,6 +41,7 @@ from r1lab.advantages import adaptive_kl_coef, ppo_advantages
 from r1lab.checkpoint import atomic_dir
 from r1lab.config import Problem, at_least, doc, positive
 from r1lab.dist import all_reduce_sum, sum_over_ranks
+from r1lab.fsdp import shard_value_model
 from r1lab.losses import kl_penalty, masked_mean, ppo_policy_loss, value_loss
 from r1lab.rollout import (OnlineRLConfig, SamplerGap, add_stats, check_reward_errors, draw_rollout, finish_step,
                            gather_rollout, rollout_metrics, start_online_rl, step_seeds, warn_if_truncated)
@@ -110,10 +111,13 @@ def train(cfg: PPOConfig, stage: Stage) -> StageOutput:
     value_from = (stage.resume_dir / "value_model" if policy.resume
                   else value_model_source(stage.outputs.model(cfg.value_init, default=stage.init, stage=stage.name)))
     value_model = init_value_model(value_from, dtype=stage.run.dtype, device=policy.device)
+    if policy.sharded:  # parallel: fsdp2 shards the critic like the policy
+        shard_value_model(value_model, mixed_precision=policy.mixed_precision)
     policy.attach_reference(cfg.kl_coef > 0)  # the reference is always the stage's starting policy
     # one AdamW and one schedule over policy and critic, with their own learning rates
     generator, prompt_task, pool = start_online_rl(
-        stage, cfg, policy, [{"name": "value", "params": value_model.parameters(), "lr": cfg.value_lr}])
+        stage, cfg, policy, [{"name": "value", "params": value_model.parameters(), "lr": cfg.value_lr,
+                              "module": value_model}])
     kl_coef = policy.resume_extra.get("kl_coef", cfg.kl_coef)
     pad_id, seed = policy.tokenizer.pad_token_id, stage.run.seed
 
@@ -196,7 +200,7 @@ def train(cfg: PPOConfig, stage: Stage) -> StageOutput:
         finish_step(stage, cfg, policy, generator, step, shown, metrics, started,
                     f"reward {metrics['reward/mean']:.2f} acc {metrics.get('reward/accuracy', float('nan')):.2f} "
                     f"vloss {metrics['value_loss']:.3f} ev {metrics['explained_variance']:.2f}",
-                    extra={"kl_coef": kl_coef}, write_more=lambda folder: value_model.save(folder / "value_model"))
+                    extra={"kl_coef": kl_coef}, write_more=lambda folder: value_model.save(folder and folder / "value_model"))
     if cfg.eval_every:
         stage.quick_eval(generator, step=cfg.steps)
     output = stage.save_final(policy)

@@ -32,6 +32,7 @@ from r1lab.checkpoint import load_training_state
 from r1lab.config import doc
 from r1lab.data.jsonl import read_preference_pairs
 from r1lab.dist import share, sum_stats_over_ranks
+from r1lab.fsdp import matching_passes, shard_value_model
 from r1lab.encoding import EncodedPair, encode_pairs
 from r1lab.losses import bradley_terry_loss
 from r1lab.models import load_tokenizer
@@ -73,6 +74,7 @@ def bradley_terry_step(value_model: ValueModel, pairs: list[EncodedPair], pad_id
     size = micro_batch_size or len(pairs)
     first, stop = share(len(pairs))  # under torchrun: this rank's pairs; weights are shares of every rank's
     totals: dict[str, float] = {}
+    empty_passes = matching_passes(value_model, -(-(stop - first) // size))  # fsdp2: as many passes on every rank
     for start in range(first, stop, size):
         part = pairs[start:min(start + size, stop)]
         chosen, rejected = pair_scores(value_model, part, pad_id, device)
@@ -84,6 +86,10 @@ def bradley_terry_step(value_model: ValueModel, pairs: list[EncodedPair], pad_id
                       "scores/rejected": rejected.mean().item()})
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + weight * value
+    for _ in range(empty_passes):  # weight 0
+        zero = sum(side.sum() for side in pair_scores(value_model, pairs[:1], pad_id, device)) * 0.0
+        if backward:
+            zero.backward()
     return sum_stats_over_ranks(totals)
 
 
@@ -100,6 +106,8 @@ def train(cfg: RewardModelConfig, stage: Stage) -> StageOutput:
     resume = load_training_state(stage.resume_dir)
     value_model = (load_value_model(stage.resume_dir, dtype=stage.run.dtype, device=stage.device) if resume
                    else init_value_model(stage.init, dtype=stage.run.dtype, device=stage.device))
+    if stage.run.parallel == "fsdp2":  # sharded per backbone layer; the trainer below sees a sharded model
+        shard_value_model(value_model, mixed_precision=stage.run.precision == "bf16-mixed")
     trainer = Policy(value_model, tokenizer, stage.device, init_checkpoint=stage.init, resume=resume)
     if not resume:
         stage.log(f"{len(train_set)} training pairs, {len(eval_set)} held out")
