@@ -1,5 +1,6 @@
 """The ``r1lab`` command line: the parser, and ``main``, which hands each command to ``r1lab.commands``. Only what
-``--help`` and ``--version`` need is imported at start-up (no torch): they answer in a fraction of a second."""
+``--help``, ``--version`` and the checks of a recipe need is imported at start-up (no torch): they answer in a
+fraction of a second."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import sys
 
 from r1lab.config import ConfigError
+from r1lab.recipe_file import check_recipes
 from r1lab.tasks import TASKS
 
 
@@ -98,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)  # --help and --version end here, before torch is imported
+    if args.command == "cmd_run" and args.help_config is None:
+        try:  # a mistake in a recipe is reported before torch is imported (seconds)
+            check_recipes(args.items)
+        except (ConfigError, FileNotFoundError) as err:
+            print(f"r1lab: error: {err}", file=sys.stderr)
+            return 2
     _quiet_libraries()
     from r1lab import commands
 

@@ -19,17 +19,11 @@ from r1lab.models import load_model, resolve_device
 from r1lab.pipeline import STAGE_KINDS, load_recipe, run_recipe
 from r1lab.recipe import RunConfig
 from r1lab.report import check_run_folder, summary_problem, write_combined_report, write_report
-from r1lab.side_by_side import overrides_for, run_side_by_side
+from r1lab.recipe_file import overrides_for, split_run_arguments
+from r1lab.side_by_side import run_side_by_side
 from r1lab.stage import read_done
 from r1lab.tasks import get_task
 from r1lab.templates import PromptTemplate, TemplateConfig
-
-
-def split_run_arguments(items: list[str]) -> tuple[list[str], list[str]]:
-    """``r1lab run`` arguments: recipes (paths) and key=value overrides, in any order."""
-    recipes = [item for item in items if "=" not in item]
-    overrides = [item for item in items if "=" in item]
-    return recipes, overrides
 
 
 def help_config(kind: str = "") -> str:

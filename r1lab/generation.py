@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from r1lab.config import Problem, at_least, doc, raise_problems, within
 from r1lab.dist import all_gather_objects, share, world
 from r1lab.encoding import context_length, warn_if_prompts_exceed_context
 from r1lab.engine import Generation, SamplingParams, make_engine
 from r1lab.rewards import ScoreResult, extract_answer, score_completions
 from r1lab.rewards.scoring import concat_scores
 from r1lab.tasks import verify
+from r1lab.stage_configs import DataSamplingConfig
 
 
 class Generator:
@@ -40,37 +40,9 @@ class Generator:
         return self.engine.generate(prompts, n, params)
 
 
-@dataclass
-class DataSamplingConfig:
-    """What the stages that sample a model to write a data set share (rejection sampling, cold start, preference
-    pairs): the model, how many prompts and samples, how to sample, the output file."""
-
-    init: str = doc("", "Model to sample from: an earlier stage's name, a path or hub id (empty: the previous model).")
-    num_prompts: int = doc(256, "Training prompts to sample for.")
-    samples_per_prompt: int = doc(4, "Completions per prompt (R1: several per prompt).")
-    temperature: float = doc(0.7, "Sampling temperature.")
-    top_p: float = doc(0.95, "Nucleus sampling.")
-    max_new_tokens: int = doc(64, "Longest completion.")
-    output: str = doc("data.jsonl", "File name of the data set inside the stage folder.")
-    eval: bool = doc(False, "The output is a data file, not a model: nothing to evaluate.")
-
-    def sampling(self, seed: int) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                              seed=seed)
-
-    def check(self) -> None:
-        """Raise ``ConfigProblems`` with every problem of ``problems()`` (each data stage's ``__post_init__`` calls
-        it)."""
-        raise_problems(self.problems())
-
-    def problems(self) -> list[Problem]:
-        """The shared settings that cannot be used; a data stage's config adds its own."""
-        found = [*at_least(self, 0, "num_prompts"), *at_least(self, 1, "samples_per_prompt", "max_new_tokens"),
-                 *at_least(self, 0, "temperature", why=" (0: greedy)"), *within(self, "top_p", 0, 1, open_low=True)]
-        if not self.output or self.output in (".", "..") or "/" in self.output or "\\" in self.output:
-            found.append(Problem("output", self.output, "must be a plain file name: the data set is written inside "
-                                                        "the stage folder"))
-        return found
+def sampling_params(cfg: DataSamplingConfig, seed: int) -> SamplingParams:
+    """How a data stage samples (its temperature, top-p and length) with ``seed``."""
+    return SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=seed)
 
 
 @dataclass

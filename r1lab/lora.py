@@ -12,30 +12,14 @@ The merge lives in ``r1lab.models`` (this module builds on it), so saving any po
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from r1lab.config import doc
 from r1lab.models import is_lora_model, load_model, load_tokenizer, resolve_dtype
 # The merge is in r1lab.models so that save_weights needs no import of this module; still reachable from here.
 from r1lab.models import merged_state_dict, save_merged  # noqa: F401
-
-DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass
-class LoraConfig:
-    enabled: bool = doc(False, "Train LoRA adapters (peft) instead of every weight; reference = adapters off.")
-    r: int = doc(16, "Adapter rank.")
-    alpha: int = doc(32, "LoRA alpha: the adapter's update is scaled by alpha / r.")
-    dropout: float = doc(0.0, "Dropout on the adapter input (0 keeps sampling and training policies identical).")
-    target_modules: list[str] = doc(list(DEFAULT_TARGETS),
-                                    "Layers that get adapters (Qwen2 / Llama names); ['all-linear']: every linear "
-                                    "layer but the LM head.")
-    load_in_4bit: bool = doc(False, "QLoRA: hold the frozen base in 4-bit NF4 (needs bitsandbytes and a CUDA GPU).")
-
+from r1lab.recipe import DEFAULT_TARGETS, LoraConfig  # noqa: F401 (the config is read with the recipe, torch-free)
 
 def _peft():
     try:

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from r1lab.checkpoint import atomic_write_json, atomic_write_text, recover_dir, seed_everything
-from r1lab.config import (ConfigError, ConfigProblems, Problem, apply_overrides, collect_config, override_keys,
-                          read_yaml)
+from r1lab.config import ConfigError
 from r1lab.console import Console
 from r1lab.dist import barrier, init_from_env, world
 from r1lab.evaluate import evaluate_model
@@ -28,11 +27,12 @@ from r1lab.generation import Generator
 from r1lab.locks import run_folder_lock
 from r1lab.models import load_model, resolve_device
 from r1lab.recipe import EvalConfig, RunConfig  # noqa: F401  (RunConfig is the recipe's type; re-exported)
-from r1lab.recipe_checks import check_recipe
+from r1lab.recipe_file import load_recipe  # noqa: F401 (read and checked without torch; re-exported)
 from r1lab.report import reward_error_totals, write_report
 from r1lab.run_record import (MODEL_CARD, drop_log_lines, model_card, read_stage_record, record_differences,
                               run_config_text, stage_record, write_stage_record)
 from r1lab.sandbox import SandboxUnavailable, sandbox_isolation
+from r1lab.stage_configs import STAGE_KINDS
 from r1lab.stage import RunOutputs, Stage, StageOutput, checkpoint_step, read_done, set_threads
 from r1lab.tasks import get_task
 from r1lab.templates import PromptTemplate
@@ -52,39 +52,7 @@ STAGES: dict[str, tuple[type, Callable]] = {
     "preference_pairs": (preference_pairs.PreferencePairsConfig, preference_pairs.run_stage),
     "check_gate": (check_gate.CheckGateConfig, check_gate.run_stage),
 }
-STAGE_KINDS: dict[str, type] = {kind: cls for kind, (cls, _) in STAGES.items()}
-
-
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RunConfig, dict[str, Any]]:
-    """Read a recipe, apply overrides and check every setting (each config's own checks, then those across stages,
-    ``r1lab.recipe_checks``); returns the run config and the typed stage configs. Every problem is reported at once,
-    in one ``ConfigProblems`` that names each key, value, what is allowed and where the value came from."""
-    overrides = list(overrides)
-    data = apply_overrides(read_yaml(path), overrides)
-    run, problems = collect_config(RunConfig, data, where="")
-    raw_stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
-    stages, kinds = {}, {}
-    for name, raw in raw_stages.items():
-        if not isinstance(raw, dict):
-            continue  # reported by RunConfig's reading: a stage must be a mapping
-        if "kind" not in raw or raw["kind"] not in STAGE_KINDS:
-            text = (f"stage '{name}' needs a 'kind'" if "kind" not in raw else
-                    f"stage '{name}' has unknown kind '{raw['kind']}'")
-            problems.append(Problem(f"stages.{name}.kind", raw.get("kind"), "",
-                                    text=f"{text}; choose one of {', '.join(STAGE_KINDS)}"))
-            continue
-        kinds[name] = raw["kind"]
-        cfg, found = collect_config(STAGE_KINDS[raw["kind"]], raw, where=f"stages.{name}")
-        problems += found
-        if cfg is not None:
-            stages[name] = cfg
-    if not raw_stages:
-        problems.append(Problem("stages", data.get("stages"), "", text="the recipe has no stages"))
-    if run is not None:
-        problems += check_recipe(run, stages, kinds)
-    if problems:
-        raise ConfigProblems(problems, source=str(path), overrides=override_keys(overrides))
-    return run, stages
+assert {kind: cls for kind, (cls, _) in STAGES.items()} == STAGE_KINDS  # one list of kinds
 
 
 def evaluate_checkpoint(run: RunConfig, task, checkpoint: str, device, samples_path: Path | None) -> dict:

@@ -7,7 +7,6 @@ import re
 from dataclasses import dataclass
 
 from r1lab.config import Problem, at_least, doc, raise_problems, within
-from r1lab.lora import LoraConfig
 from r1lab.tasks import TaskConfig
 from r1lab.templates import TemplateConfig
 
@@ -29,6 +28,21 @@ class EvalConfig:
     def problems(self) -> list[Problem]:
         return [*at_least(self, 1, "num_problems", "k", "max_new_tokens", "quick_problems", "quick_k"),
                 *at_least(self, 0, "temperature", why=" (0: greedy)"), *within(self, "top_p", 0, 1, open_low=True)]
+
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = doc(False, "Train LoRA adapters (peft) instead of every weight; reference = adapters off.")
+    r: int = doc(16, "Adapter rank.")
+    alpha: int = doc(32, "LoRA alpha: the adapter's update is scaled by alpha / r.")
+    dropout: float = doc(0.0, "Dropout on the adapter input (0 keeps sampling and training policies identical).")
+    target_modules: list[str] = doc(list(DEFAULT_TARGETS),
+                                    "Layers that get adapters (Qwen2 / Llama names); ['all-linear']: every linear "
+                                    "layer but the LM head.")
+    load_in_4bit: bool = doc(False, "QLoRA: hold the frozen base in 4-bit NF4 (needs bitsandbytes and a CUDA GPU).")
 
 
 # The names r1lab.models.resolve_dtype and r1lab.engine.make_engine accept (tests/test_recipe_checks.py holds them to

@@ -12,13 +12,11 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from r1lab.advantages import zero_spread_groups
-from r1lab.config import (ConfigError, Problem, adam_betas_problems, at_least, doc, positive, raise_problems,
-                          within)
+from r1lab.config import ConfigError
 from r1lab.dist import all_gather_objects, shard
 from r1lab.engine import Generation, SamplingParams
 from r1lab.generation import Generator, sample_and_score
@@ -28,65 +26,8 @@ from r1lab.policy import OptimizerSettings, Policy, warmup_then_decay
 from r1lab.rewards import ScoreResult
 from r1lab.rewards.scoring import RewardFailedError, concat_scores
 from r1lab.stage import Stage
-from r1lab.tasks import TaskConfig, task_metrics
-
-
-@dataclass
-class OnlineRLConfig:
-    """The settings GRPO and PPO share: the rollout, the rewards, the optimizer and the log. Each trainer's config
-    adds its algorithm's own fields."""
-
-    init: str = doc("", "Checkpoint to start from: an earlier stage's name, a path or hub id (empty: previous stage).")
-    steps: int = doc(200, "RL steps (one rollout each).")
-    prompts_per_step: int = doc(16, "Training problems per step.")
-    max_new_tokens: int = doc(64, "Longest completion; longer ones are cut and count as truncated.")
-    temperature: float = doc(1.0, "Sampling temperature for rollouts (R1-Zero: 1.0).")
-    top_p: float = doc(1.0, "Nucleus sampling for rollouts (1.0 keeps sampler and trainer logprobs consistent).")
-    top_k: int = doc(0, "Top-k sampling for rollouts (0: off).")
-    lr: float = doc(1e-4, "Peak learning rate of the policy (AdamW).")
-    lr_schedule: Literal["constant", "cosine", "linear"] = doc("constant", "Decay after warmup (to 10% at the end).")
-    warmup_steps: int = doc(5, "Linear learning-rate warmup steps.")
-    weight_decay: float = doc(0.0, "AdamW weight decay.")
-    adam_betas: list[float] = doc([0.9, 0.99], "AdamW β1, β2 (β2 0.99: second moments that follow the fast-moving "
-                                               "RL gradients).")
-    max_grad_norm: float = doc(1.0, "Gradient clipping by the global norm of every trained weight (0: off).")
-    mask_truncated: bool = doc(False, "No loss on completions cut at max_new_tokens (DAPO overlong filtering).")
-    rewards: dict[str, float] = doc({"accuracy": 1.0, "format": 0.1},
-                                    "Reward name, module:function or file.py:function -> weight.")
-    rewards_by_task: dict[str, dict[str, float]] = doc(
-        {}, "Per source task (an example's 'task' field), a reward set used instead of `rewards`, e.g. "
-            "{domain: {'reward_model:rm': 1.0}} (R1's all-scenario RL; 'reward_model:<stage>' names a reward_model "
-            "stage of this run).")
-    task: TaskConfig = doc(TaskConfig(name=""), "Training prompts from this task instead of the run's (empty name: "
-                                                "the run's), e.g. a mixture of reasoning and domain prompts; "
-                                                "evaluation stays on the run's task.")
-    eval_every: int = doc(25, "Quick held-out evaluation every N steps (0: only at the end).")
-    save_every: int = doc(50, "Save a resumable checkpoint every N steps (0: only at the end).")
-    log_samples: int = doc(4, "Completions written to samples.jsonl per logged step.")
-    samples_every: int = doc(10, "Write samples every N steps.")
-    truncation_warning: float = doc(0.5, "Warn when more than this share of a step's completions is cut off.")
-    logprob_gap_warning: float = doc(0.05, "Warn when the mean |logprob(sampler) − logprob(trainer)| of a step's "
-                                           "sampled tokens exceeds this (healthy: ~1e-6 in fp32, 0.01-0.02 with a "
-                                           "bf16 sampler; a weight-sync bug: ~0.2).")
-    eval: bool = doc(True, "Evaluate the final policy on the held-out split.")
-
-    def optimizer_settings(self, extra_groups: list[dict] | None = None) -> OptimizerSettings:
-        return OptimizerSettings(lr=self.lr, betas=tuple(self.adam_betas), weight_decay=self.weight_decay,
-                                 max_grad_norm=self.max_grad_norm, extra_groups=list(extra_groups or []))
-
-    def check(self) -> None:
-        """Raise ``ConfigProblems`` with every problem of ``problems()`` (each trainer's ``__post_init__`` calls it)."""
-        raise_problems(self.problems())
-
-    def problems(self) -> list[Problem]:
-        """The settings GRPO and PPO share that cannot be used; a trainer's config adds its own."""
-        return [*at_least(self, 1, "steps", "prompts_per_step", "max_new_tokens"),
-                *at_least(self, 0, "top_k", "warmup_steps", "weight_decay", "max_grad_norm", "eval_every",
-                          "save_every", "log_samples", "samples_every"),
-                # a group of identical greedy completions has no spread: zero advantage, nothing learnt
-                *positive(self, "temperature", why=" for RL rollouts: at 0 (greedy) every completion of a prompt is "
-                                                   "the same, so a group has no reward spread to learn from"),
-                *within(self, "top_p", 0, 1, open_low=True), *positive(self, "lr"), *adam_betas_problems(self)]
+from r1lab.tasks import task_metrics
+from r1lab.stage_configs import OnlineRLConfig
 
 
 @dataclass
@@ -241,6 +182,12 @@ def sample_lines(rollout: Rollout, stage: str, step: int, limit: int) -> list[st
 
 # --- what every online RL step does around its algorithm --------------------------------------------------------
 
+def optimizer_settings(cfg: OnlineRLConfig, extra_groups: list[dict] | None = None) -> OptimizerSettings:
+    """The policy's AdamW settings from an RL stage's config (``extra_groups``: e.g. PPO's critic)."""
+    return OptimizerSettings(lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
+                             max_grad_norm=cfg.max_grad_norm, extra_groups=list(extra_groups or []))
+
+
 def start_online_rl(stage: Stage, cfg: OnlineRLConfig, policy: Policy,
                     extra_groups: list[dict] | None = None) -> tuple[Generator, object, list[dict]]:
     """What GRPO and PPO do before their first step: AdamW and the warmup-then-decay schedule (restored on resume),
@@ -251,7 +198,7 @@ def start_online_rl(stage: Stage, cfg: OnlineRLConfig, policy: Policy,
         shard(cfg.prompts_per_step, "prompts_per_step")
     except ValueError as error:
         raise ConfigError(f"stage '{stage.name}': {error}") from error
-    policy.configure_optimizer(cfg.optimizer_settings(extra_groups),
+    policy.configure_optimizer(optimizer_settings(cfg, extra_groups),
                                warmup_then_decay(cfg.steps, cfg.warmup_steps, cfg.lr_schedule))
     generator = stage.generator(policy)
     prompt_task = stage.prompt_task(cfg.task)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from r1lab.config import ConfigError
 from r1lab.pipeline import load_recipe
+from r1lab.recipe_file import overrides_for  # noqa: F401 (also imported from here)
 from r1lab.report import write_combined_report
 # The thread-share file protocol lives in r1lab.threads (the pipeline reads it); its names stay importable from here.
 from r1lab.threads import THREADS_FILE_ENV, threads_from_file, write_threads_file
@@ -66,27 +67,6 @@ def _relay(child: _Child, lock: threading.Lock) -> None:
         with lock:
             sys.stderr.write(f"{child.name} | {line}")
             sys.stderr.flush()
-
-
-def overrides_for(recipe: str, overrides: list[str], recipes: list[str]) -> list[str]:
-    """The overrides that apply to ``recipe``: plain ``key=value`` ones go to every recipe, ``NAME:key=value`` ones only
-    to the recipe whose file stem (``aha`` for recipes/tiny/aha.yaml) or path is NAME. A NAME that matches no recipe
-    of the command is an error naming the ones there are."""
-    names = {recipe_name for r in recipes for recipe_name in (Path(r).stem, r)}
-    chosen = []
-    for item in overrides:
-        key, _, value = item.partition("=")
-        target, colon, own_key = key.partition(":")
-        if not colon or (target not in names and "." in target):  # a dotted key with a colon in it (a reward spec)
-            chosen.append(item)
-            continue
-        if target not in names:
-            raise ConfigError(f"override '{item}': '{target}' is not one of the recipes of this command "
-                              f"({', '.join(Path(r).stem for r in recipes)}); write NAME:key=value with NAME a "
-                              f"recipe's file name without .yaml, or key=value for all of them")
-        if target in (Path(recipe).stem, recipe):
-            chosen.append(f"{own_key}={value}")
-    return chosen
 
 
 def run_side_by_side(recipes: list[str], overrides: list[str], *, jobs: int | None = None, report_dir: str = "",

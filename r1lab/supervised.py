@@ -11,63 +11,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from r1lab.config import Problem, adam_betas_problems, at_least, doc, positive, raise_problems, within
 from r1lab.data.jsonl import DataFileError, split_held_out
 from r1lab.encoding import drop_too_long
 from r1lab.models import peak_memory
 from r1lab.policy import OptimizerSettings, Policy, warmup_cosine
 from r1lab.stage import Stage
-
-
-@dataclass
-class FixedDataConfig:
-    """The settings SFT, DPO and the reward-model trainer share; each trainer's config adds its own."""
-
-    init: str = doc("", "Checkpoint to start from: an earlier stage's name, a path or hub id (empty: previous stage).")
-    data: str = doc("", "JSONL file, or the name of an earlier stage that wrote one.")
-    epochs: int = doc(1, "Passes over the training examples.")
-    max_steps: int = doc(0, "Stop after this many optimizer steps (0: all epochs); the schedule spans the steps run.")
-    batch_size: int = doc(32, "Examples per optimizer step; its micro-batches accumulate gradients.")
-    max_length: int = doc(1024, "Longest prompt + completion in tokens; longer examples are dropped with a warning, "
-                                "never truncated.")
-    lr: float = doc(5e-5, "Peak learning rate (AdamW).")
-    min_lr_ratio: float = doc(0.1, "The cosine decay ends at lr × this (R1: 5e-5 → 5e-6).")
-    warmup_ratio: float = doc(0.03, "Share of the optimizer steps spent in linear warmup.")
-    weight_decay: float = doc(0.0, "AdamW weight decay.")
-    adam_betas: list[float] = doc([0.9, 0.999], "AdamW β1, β2.")
-    max_grad_norm: float = doc(1.0, "Gradient clipping by global norm (0: off).")
-    eval_fraction: float = doc(0.05, "Share of prompts held out (split by a hash of the prompt).")
-    eval_every: int = doc(0, "Held-out metrics every N steps (0: only at the end).")
-    save_every: int = doc(100, "Save a resumable checkpoint every N steps (0: only at the end).")
-    eval: bool = doc(True, "Evaluate the final policy on the task's held-out problems.")
-
-    def check(self) -> None:
-        """Raise ``ConfigProblems`` with every problem of ``problems()`` (each trainer's ``__post_init__`` calls it)."""
-        raise_problems(self.problems())
-
-    def problems(self) -> list[Problem]:
-        """The shared settings that cannot be used; a trainer's config adds its own."""
-        return [*at_least(self, 1, "epochs", "batch_size", "max_length"),
-                *at_least(self, 0, "max_steps", "weight_decay", "max_grad_norm", "eval_every", "save_every"),
-                *positive(self, "lr"), *within(self, "min_lr_ratio", 0, 1), *within(self, "warmup_ratio", 0, 1),
-                *within(self, "eval_fraction", 0, 1, open_high=True), *adam_betas_problems(self)]
-
-
-@dataclass
-class PairDataConfig(FixedDataConfig):
-    """FixedDataConfig for preference pairs (DPO, reward model)."""
-
-    data: str = doc("", "JSONL of {prompt, chosen, rejected} rows, or the name of an earlier stage that wrote one.")
-    batch_size: int = doc(32, "Pairs per optimizer step.")
-    micro_batch_size: int = doc(8, "Pairs per forward/backward (two sequences each); gradients accumulate (0: all).")
-
-    def problems(self) -> list[Problem]:
-        return [*super().problems(), *at_least(self, 0, "micro_batch_size", why=" (0: all pairs at once)")]
+from r1lab.stage_configs import FixedDataConfig, PairDataConfig
 
 
 # --- data: split, encode, order ----------------------------------------------------------------------------------

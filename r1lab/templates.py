@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from r1lab.config import doc
-from r1lab.models import R1_ZERO_PREFIX, R1_ZERO_SUFFIX, THINK_OPEN, check_tiny_characters
+from r1lab.vocabulary import R1_ZERO_PREFIX, R1_ZERO_SUFFIX, THINK_OPEN, check_tiny_characters
 
 R1_INSTRUCTION = (
     "Think about the reasoning process first, inside <think> </think> tags, then give the final answer inside "

@@ -128,7 +128,9 @@ def test_cli_reports_a_full_disk_in_one_line(monkeypatch, capsys, tmp_path):
         raise checkpoint.disk_full_error(tmp_path / "checkpoint", OSError(errno.ENOSPC, "No space left on device"))
 
     monkeypatch.setattr(commands, "run_recipe", full)
-    assert cli.main(["run", "recipe.yaml"]) == 1
+    recipe = tmp_path / "recipe.yaml"  # a valid recipe: the command line checks it before anything runs
+    recipe.write_text(f"name: t\noutput_dir: {tmp_path / 'runs'}\nstages:\n  base:\n    kind: pretrain\n")
+    assert cli.main(["run", str(recipe)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"r1lab: error: the disk is full: could not write {tmp_path / 'checkpoint'}")
     assert "Traceback" not in err

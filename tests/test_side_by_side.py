@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from r1lab.commands import split_run_arguments
+from r1lab.recipe_file import split_run_arguments
 from r1lab.stage import set_threads
 from r1lab.side_by_side import thread_shares
 from r1lab.threads import THREADS_FILE_ENV, threads_from_file

@@ -13,27 +13,16 @@ from, so a data set can be traced back to the checkpoint, stage, sample and temp
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Callable
 
-from r1lab.config import doc
 from r1lab.data.filters import deduplicate, has_code_block, has_overlong_paragraph, is_mixed_language
 from r1lab.engine import SamplingParams
 from r1lab.generation import Generator, sample_and_score
 from r1lab.rewards import extract_answer
 from r1lab.tasks import verify
+from r1lab.stage_configs import ReadabilityFilters
 
 Judge = Callable[[str, str, dict], bool]  # (prompt, completion, example) -> correct?
-
-
-@dataclass
-class ReadabilityFilters:
-    language: str = doc("en", "Target language of the chain of thought (see r1lab.rewards.language).")
-    min_language_share: float = doc(0.95, "Drop a completion whose share of target-language thinking words is "
-                                          "below this (0: keep mixed languages).")
-    max_paragraph_words: int = doc(300, "Drop a completion with a paragraph longer than this many words (0: off).")
-    drop_code_blocks: bool = doc(True, "Drop completions containing a ``` code fence.")
-    deduplicate: bool = doc(True, "Drop repeated (prompt, completion) pairs after whitespace/case normalisation.")
 
 
 def readability_problem(completion: str, filters: ReadabilityFilters) -> str | None:

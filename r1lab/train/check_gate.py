@@ -11,43 +11,18 @@ the next stage starts from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from statistics import fmean
-from typing import Literal
 
 from r1lab.checkpoint import atomic_write_json
-from r1lab.config import Problem, at_least, doc, raise_problems, within
 from r1lab.engine import SamplingParams
 from r1lab.generation import Generator, sample_and_score
 from r1lab.stage import Stage, StageOutput
 from r1lab.tasks.checks import summarize_checks
+from r1lab.stage_configs import CheckGateConfig
 
 
 class CheckGateFailed(RuntimeError):
     """The model's self-checks are not reliable enough for RL to reward checking (on_fail: stop)."""
-
-
-@dataclass
-class CheckGateConfig:
-    kind: str = doc("check_gate", "Stage kind: measure whether the model's self-checks are reliable before RL.")
-    init: str = doc("", "The model to measure: an earlier stage's name, a path or hub id (empty: previous model).")
-    num_problems: int = doc(200, "Held-out problems sampled.")
-    k: int = doc(4, "Completions per problem.")
-    temperature: float = doc(1.0, "Sampling temperature (1.0: what GRPO's rollouts see).")
-    top_p: float = doc(1.0, "Nucleus sampling.")
-    max_new_tokens: int = doc(128, "Longest completion.")
-    min_ok_precision: float = doc(0.5, "Fail when fewer of the 'ok' marks than this are on real hits.")
-    min_no_precision: float = doc(0.5, "Fail when fewer of the 'no' marks than this are on real misses.")
-    on_fail: Literal["warn", "stop"] = doc("warn", "warn: log and go on; stop: end the run with an error.")
-    eval: bool = doc(False, "Also run the task evaluation (the model is unchanged; its row is the previous one's).")
-
-    def __post_init__(self):
-        raise_problems(self.problems())
-
-    def problems(self) -> list[Problem]:
-        return [*at_least(self, 1, "num_problems", "k", "max_new_tokens"),
-                *at_least(self, 0, "temperature", why=" (0: greedy)"), *within(self, "top_p", 0, 1, open_low=True),
-                *within(self, "min_ok_precision", 0, 1), *within(self, "min_no_precision", 0, 1)]
 
 
 def gate_failures(report: dict, cfg: CheckGateConfig) -> list[str]:

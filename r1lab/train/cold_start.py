@@ -16,49 +16,19 @@ It writes ``<stage>/data.jsonl`` (rows with provenance) and ``<stage>/stats.json
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
-from r1lab.config import Problem, at_least, doc
 from r1lab.data.cold_start import cold_start_from_outputs, few_shot_long_cot
 from r1lab.data.jsonl import read_sft_examples
-from r1lab.data.rejection import ReadabilityFilters, rejection_sample
-from r1lab.generation import DataSamplingConfig
+from r1lab.data.rejection import rejection_sample
+from r1lab.generation import sampling_params
 from r1lab.stage import Stage, StageOutput
+from r1lab.stage_configs import ColdStartConfig
 from r1lab.templates import PromptTemplate
-
-
-@dataclass
-class ColdStartConfig(DataSamplingConfig):
-    kind: str = doc("cold_start", "Stage kind: build cold-start SFT data (rewritten R1-Zero outputs, few-shot CoT).")
-    init: str = doc("", "Checkpoint whose outputs are rewritten (R1-Zero): an earlier stage's name, a path or hub id "
-                        "(empty: previous stage).")
-    num_prompts: int = doc(128, "Training prompts sampled from the init checkpoint (0: none).")
-    few_shot_from: str = doc("", "Model prompted few-shot for long chain of thought (a stage name, 'model', a path; "
-                                 "empty: no few-shot rows).")
-    few_shot_prompts: int = doc(0, "Training prompts for few-shot generation.")
-    few_shot_samples: int = doc(2, "Completions per few-shot prompt.")
-    few_shot_k: int = doc(2, "Worked examples in each few-shot prompt.")
-    few_shot_style: str = doc("worked_words", "The task's corpus style the few-shot examples are written in.")
-    written_rows: int = doc(0, "Rows written by the task's generator in few_shot_style (R1's human-written examples).")
-    written_data: str = doc("", "JSONL of {prompt, completion} rows written by people, added as they are (empty: "
-                                "none).")
-    filters: ReadabilityFilters = doc(ReadabilityFilters(), "Readability filters and deduplication.")
-
-    def __post_init__(self):
-        self.check()
-
-    def problems(self) -> list[Problem]:
-        found = [*super().problems(), *at_least(self, 0, "few_shot_prompts", "written_rows", "few_shot_k"),
-                 *at_least(self, 1, "few_shot_samples")]
-        if self.few_shot_prompts and not self.few_shot_from:
-            found.append(Problem("few_shot_from", self.few_shot_from, f"few_shot_prompts ({self.few_shot_prompts}) "
-                                 f"needs few_shot_from: the model to prompt (e.g. the base stage)"))
-        return found
 
 
 def run_stage(cfg: ColdStartConfig, stage: Stage) -> StageOutput:
     """Write the cold-start data set and its stats."""
-    params = cfg.sampling(stage.run.seed)
+    params = sampling_params(cfg, stage.run.seed)
     stats: dict = {}
     rows: list[dict] = []
     if cfg.num_prompts:

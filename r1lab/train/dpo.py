@@ -22,11 +22,9 @@ rendered with the run's template exactly as in SFT (``r1lab.train.sft.split_resp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
-from r1lab.config import Problem, doc, positive
 from r1lab.data.jsonl import read_preference_pairs
 from r1lab.dist import share, sum_stats_over_ranks
 from r1lab.encoding import EncodedPair, encode_pairs
@@ -34,23 +32,8 @@ from r1lab.fsdp import matching_passes
 from r1lab.logprobs import completion_logprobs, make_batch
 from r1lab.losses import dpo_loss
 from r1lab.stage import Stage, StageOutput
-from r1lab.supervised import PairDataConfig, configure_optimizer, schedule_steps, split_and_encode, train_steps
-
-
-@dataclass
-class DPOConfig(PairDataConfig):
-    kind: str = doc("dpo", "Stage kind: DPO on preference pairs (offline baseline to GRPO).")
-    init: str = doc("", "Checkpoint to start from (also the frozen reference): an earlier stage's name, a path or "
-                        "hub id (empty: previous stage).")
-    beta: float = doc(0.1, "β: strength of the implicit KL to the reference (DPO paper: 0.1).")
-    lr: float = doc(1e-6, "Peak learning rate (AdamW); the DPO paper uses 1e-6 (tiny models need ~1e-4).")
-    warmup_ratio: float = doc(0.1, "Share of the optimizer steps spent in linear warmup.")
-
-    def __post_init__(self):
-        self.check()
-
-    def problems(self) -> list[Problem]:
-        return [*super().problems(), *positive(self, "beta")]
+from r1lab.supervised import configure_optimizer, schedule_steps, split_and_encode, train_steps
+from r1lab.stage_configs import DPOConfig
 
 
 def pair_logprobs(model, pairs: list[EncodedPair], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,54 +22,17 @@ the bookkeeping around a step are ``r1lab.rollout``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from r1lab.advantages import group_advantages, zero_spread_groups
-from r1lab.config import Problem, at_least, doc, positive
 from r1lab.dist import world
 from r1lab.losses import grpo_loss
-from r1lab.rollout import (OnlineRLConfig, SamplerGap, add_stats, check_reward_errors, concat_rollouts,
-                           draw_rollout, finish_step, gather_rollout, rollout_metrics, select_groups, start_online_rl,
-                           step_seeds, warn_if_truncated)
+from r1lab.rollout import (SamplerGap, add_stats, check_reward_errors, concat_rollouts, draw_rollout,
+                           finish_step, gather_rollout, rollout_metrics, select_groups, start_online_rl, step_seeds,
+                           warn_if_truncated)
 from r1lab.stage import Stage, StageOutput
-
-
-@dataclass
-class GRPOConfig(OnlineRLConfig):
-    kind: str = doc("grpo", "Stage kind: GRPO reinforcement learning.")
-    group_size: int = doc(8, "G: completions sampled per problem.")
-    updates_per_rollout: int = doc(1, "μ: passes over each rollout; with μ > 1 the ratio and clipping matter.")
-    minibatches: int = doc(1, "Optimizer steps per pass over a rollout.")
-    micro_batch_size: int = doc(0, "Sequences per forward/backward; gradients accumulate over a minibatch (0: all).")
-    clip_eps: float = doc(0.2, "ε (ε_low): the ratio is clipped to [1 − ε_low, 1 + ε_high].")
-    clip_eps_high: float | None = doc(None, "ε_high (DAPO clip-higher: 0.28); empty: equal to clip_eps.")
-    kl_coef: float = doc(0.0, "β: weight of the KL penalty to the reference policy (0: no reference model loaded).")
-    kl_estimator: Literal["k1", "k2", "k3"] = doc("k3", "KL estimator (GRPO uses k3).")
-    ref_reset_every: int = doc(0, "Reset the reference policy to the current one every N steps (R1: 400; 0: never).")
-    scale_rewards_by_std: bool = doc(True, "Divide advantages by the group std (Dr. GRPO: false).")
-    loss_aggregation: Literal["sequence", "token", "constant"] = doc(
-        "token", "sequence: GRPO as printed; token: DAPO; constant: Dr. GRPO (sum / (B × max_new_tokens)).")
-    dynamic_sampling: bool = doc(False, "Drop groups whose rewards are all equal and refill the batch (DAPO).")
-    dynamic_sampling_rounds: int = doc(3, "Extra rollouts at most per step when refilling with dynamic sampling.")
-
-    def __post_init__(self):
-        self.check()
-
-    def problems(self) -> list[Problem]:
-        found = [*super().problems(),
-                 *at_least(self, 2, "group_size", why=": GRPO's advantage compares completions of one prompt"),
-                 *at_least(self, 1, "updates_per_rollout", "minibatches"),
-                 *at_least(self, 0, "micro_batch_size", "kl_coef", "ref_reset_every", "dynamic_sampling_rounds"),
-                 *positive(self, "clip_eps")]
-        if self.clip_eps_high is not None and self.clip_eps_high <= 0:
-            found.append(Problem("clip_eps_high", self.clip_eps_high, "must be > 0 (or empty: equal to clip_eps)"))
-        if self.minibatches >= 1 and self.prompts_per_step * self.group_size % self.minibatches:
-            found.append(Problem("minibatches", self.minibatches, f"must divide prompts_per_step × group_size "
-                                                                  f"({self.prompts_per_step * self.group_size})"))
-        return found
+from r1lab.stage_configs import GRPOConfig
 
 
 def train(cfg: GRPOConfig, stage: Stage) -> StageOutput:

@@ -31,68 +31,20 @@ Deviations from the papers (DeepSeekMath §2/§4; InstructGPT; Ziegler et al.), 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from r1lab.advantages import adaptive_kl_coef, ppo_advantages
 from r1lab.checkpoint import atomic_dir
-from r1lab.config import Problem, at_least, doc, positive
 from r1lab.dist import all_reduce_sum, sum_over_ranks
 from r1lab.fsdp import shard_value_model
 from r1lab.losses import kl_penalty, masked_mean, ppo_policy_loss, value_loss
-from r1lab.rollout import (OnlineRLConfig, SamplerGap, add_stats, check_reward_errors, draw_rollout, finish_step,
-                           gather_rollout, rollout_metrics, start_online_rl, step_seeds, warn_if_truncated)
+from r1lab.rollout import (SamplerGap, add_stats, check_reward_errors, draw_rollout, finish_step, gather_rollout,
+                           rollout_metrics, start_online_rl, step_seeds, warn_if_truncated)
 from r1lab.stage import Stage, StageOutput
 from r1lab.value_model import HEAD_FILE, init_value_model
-
-
-@dataclass
-class PPOConfig(OnlineRLConfig):
-    kind: str = doc("ppo", "Stage kind: PPO with a value model, GAE and a per-token KL penalty in the reward.")
-    value_init: str = doc("", "Value model start: an earlier stage's name, a value-model folder, a reward model "
-                              "(HF sequence classifier) or a causal LM path (empty: the policy's start).")
-    group_size: int = doc(4, "Completions sampled per problem (PPO needs no groups; match GRPO to compare).")
-    value_lr: float = doc(3e-4, "Peak learning rate of the value model (same schedule as the policy).")
-    updates_per_rollout: int = doc(2, "PPO epochs: passes over each rollout.")
-    minibatches: int = doc(2, "Optimizer steps per pass over a rollout (near-equal splits of its completions).")
-    micro_batch_size: int = doc(0, "Sequences per forward/backward; gradients accumulate over a minibatch (0: all).")
-    clip_eps: float = doc(0.2, "ε: the ratio π_θ/π_old is clipped to [1 − ε, 1 + ε_high].")
-    clip_eps_high: float | None = doc(None, "ε_high (clip-higher); empty: equal to clip_eps.")
-    loss_aggregation: Literal["sequence", "token", "constant"] = doc(
-        "token", "How per-token policy losses are averaged: token (all tokens), sequence, constant (B × max_new).")
-    value_coef: float = doc(0.1, "c₁: weight of the value loss in the combined loss (acts through the shared "
-                                 "gradient clip; value_lr sets the critic's step size).")
-    value_clip: float = doc(0.2, "ε_v: new values are clipped to V_old ± ε_v in the value loss (reward units).")
-    gamma: float = doc(1.0, "γ: discount per token in GAE.")
-    lam: float = doc(0.95, "λ: GAE trade-off (1: Monte Carlo returns, 0: one-step TD).")
-    kl_coef: float = doc(0.02, "β: per-token KL penalty in the reward, initial value when adaptive "
-                               "(0: no reference model loaded).")
-    kl_estimator: Literal["k1", "k3"] = doc("k1", "KL estimator in the reward: k1 = log π_old − log π_ref, or k3.")
-    target_kl: float | None = doc(None, "Adaptive β (Ziegler et al. 2019): target KL per completion, nats summed "
-                                        "over its tokens; empty: β fixed.")
-    kl_horizon: int = doc(10000, "Adaptive β horizon in completions: β moves by at most ×(1 ± 0.2·n/horizon) a step.")
-    whiten_rewards: bool = doc(False, "Divide per-token rewards by their std over the rollout (mean kept).")
-    whiten_advantages: bool = doc(True, "Normalise advantages to mean 0, std 1 over the rollout's tokens.")
-
-    def __post_init__(self):
-        self.check()
-
-    def problems(self) -> list[Problem]:
-        found = [*super().problems(), *at_least(self, 1, "group_size", "minibatches", "updates_per_rollout"),
-                 *at_least(self, 0, "micro_batch_size", "value_coef", "value_clip", "kl_coef"),
-                 *positive(self, "value_lr", "clip_eps", "kl_horizon"),
-                 *[Problem(name, getattr(self, name), "gamma and lam must lie in [0, 1]")
-                   for name in ("gamma", "lam") if not 0 <= getattr(self, name) <= 1]]
-        if self.clip_eps_high is not None and self.clip_eps_high <= 0:
-            found.append(Problem("clip_eps_high", self.clip_eps_high, "must be > 0 (or empty: equal to clip_eps)"))
-        if self.target_kl is not None and (self.kl_coef <= 0 or self.target_kl <= 0):
-            found.append(Problem("target_kl", self.target_kl, f"an adaptive KL coefficient (target_kl) needs "
-                                 f"kl_coef > 0 (it is {self.kl_coef}) and target_kl > 0: it multiplies β, so β = 0 "
-                                 f"would stay 0"))
-        return found
+from r1lab.stage_configs import PPOConfig
 
 
 # --- the trainer ------------------------------------------------------------------------------------------------

@@ -14,41 +14,13 @@ Writes ``<stage>/pairs.jsonl`` and ``<stage>/stats.json``; returns the data file
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
-from r1lab.config import Problem, at_least, doc
-from r1lab.generation import DataSamplingConfig, sample_and_score
+from r1lab.generation import sample_and_score, sampling_params
 from r1lab.rewards import extract_answer
 from r1lab.tasks import verify
 from r1lab.stage import Stage, StageOutput
 from r1lab.tasks.domain import DomainTask, corrupted_answer
-
-
-@dataclass
-class PreferencePairsConfig(DataSamplingConfig):
-    kind: str = doc("preference_pairs", "Stage kind: write preference pairs (sampled correct vs incorrect, and "
-                                        "synthetic domain pairs).")
-    num_prompts: int = doc(256, "Training prompts to sample for (0: no sampled pairs).")
-    temperature: float = doc(1.0, "Sampling temperature (1.0 gives both correct and incorrect samples).")
-    top_p: float = doc(1.0, "Nucleus sampling.")
-    pairs_per_prompt: int = doc(1, "Pairs at most per prompt (each completion in one pair at most).")
-    domain_pairs: int = doc(0, "Synthetic pairs on non-reasoning domain prompts (reference vs a wrong answer).")
-    output: str = doc("pairs.jsonl", "File name of the pairs inside the stage folder.")
-
-    def __post_init__(self):
-        self.check()
-
-    def problems(self) -> list[Problem]:
-        found = [*super().problems(), *at_least(self, 0, "domain_pairs"),
-                 *at_least(self, 2, "samples_per_prompt", why=": a pair needs two completions of a prompt"),
-                 *at_least(self, 1, "pairs_per_prompt")]
-        if self.num_prompts and self.temperature <= 0:  # greedy samples of a prompt are all the same: no pair
-            found.append(Problem("temperature", self.temperature, "must be > 0: greedy completions of a prompt are "
-                                                                  "identical, so none is preferred to another"))
-        if not self.num_prompts and not self.domain_pairs:
-            found.append(Problem("num_prompts", self.num_prompts, "set num_prompts or domain_pairs: this stage would "
-                                                                  "write no pair"))
-        return found
+from r1lab.stage_configs import PreferencePairsConfig
 
 
 def pairs_from_samples(examples: list[dict], groups: list[list[str]], pairs_per_prompt: int,
@@ -85,7 +57,7 @@ def run_stage(cfg: PreferencePairsConfig, stage: Stage) -> StageOutput:
         policy = stage.load_policy(trainable=False)
         examples = stage.task.examples("train", cfg.num_prompts, seed=stage.run.seed)
         samples = sample_and_score(stage.generator(policy), stage.template, examples, cfg.samples_per_prompt,
-                                   cfg.sampling(stage.run.seed), split_over_ranks=True)
+                                   sampling_params(cfg, stage.run.seed), split_over_ranks=True)
         pairs += pairs_from_samples(examples, samples.groups(samples.responses), cfg.pairs_per_prompt,
                                     {"checkpoint": str(stage.init), "stage": stage.name})
         stats.update({"prompts": len(examples), "sampled": len(examples) * cfg.samples_per_prompt,

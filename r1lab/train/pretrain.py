@@ -22,60 +22,25 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from r1lab.checkpoint import atomic_dir
-from r1lab.config import Problem, adam_betas_problems, at_least, doc, positive, raise_problems, to_dict
+from r1lab.config import to_dict
 from r1lab.dist import barrier, broadcast_from_main, share, sum_over_ranks, world
 from r1lab.locks import wait_for_lock
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, count_parameters, save_weights, write_tokenizer
 from r1lab.policy import OptimizerSettings, Policy, warmup_then_decay
 from r1lab.stage import Stage, StageOutput
 from r1lab.templates import PromptTemplate
+from r1lab.stage_configs import PretrainConfig
 
 log = logging.getLogger("r1lab")
 
 CACHE_VERSION = 1  # bump when the corpus or model code changes what a given config produces
 MANIFEST = "sha256.json"  # in a built base model: {"files": {relative path: sha256}} of every other file
-
-
-@dataclass
-class PretrainConfig:
-    kind: str = doc("pretrain", "Stage kind: build the embedded tiny base model from scratch.")
-    hidden_size: int = doc(128, "Transformer width.")
-    num_layers: int = doc(4, "Transformer layers.")
-    num_heads: int = doc(4, "Attention heads (key/value heads equal).")
-    intermediate_size: int = doc(512, "MLP width.")
-    styles: dict[str, float] = doc({}, "Corpus mixture: task corpus style -> weight (empty: the task's default).")
-    corpus_problems: int = doc(20000, "Distinct training problems the corpus is written about.")
-    steps: int = doc(1500, "Optimizer steps.")
-    batch_size: int = doc(32, "Sequences per step.")
-    block_size: int = doc(256, "Tokens per packed training sequence.")
-    lr: float = doc(3e-3, "Peak learning rate (AdamW), cosine decay to 10% after warmup.")
-    warmup_steps: int = doc(50, "Linear warmup steps.")
-    weight_decay: float = doc(0.01, "AdamW weight decay.")
-    adam_betas: list[float] = doc([0.9, 0.95], "AdamW β1, β2 (0.95: the usual choice for pretraining).")
-    cache: bool = doc(True, "Reuse a base model already built with the same settings (in cache_dir).")
-    cache_dir: str = doc("", "Where built base models are kept (empty: $R1LAB_CACHE or ~/.cache/r1lab).")
-    eval: bool = doc(True, "Evaluate the base model on the held-out split after building it.")
-
-    def __post_init__(self):
-        raise_problems(self.problems())
-
-    def problems(self) -> list[Problem]:
-        found = [*at_least(self, 1, "hidden_size", "num_layers", "num_heads", "intermediate_size", "corpus_problems",
-                           "steps", "batch_size"),
-                 *at_least(self, 2, "block_size", why=": a token and the next one it predicts"),
-                 *at_least(self, 0, "warmup_steps", "weight_decay"), *positive(self, "lr"), *adam_betas_problems(self)]
-        if self.num_heads >= 1 and self.hidden_size % self.num_heads:
-            found.append(Problem("num_heads", self.num_heads, f"must divide hidden_size ({self.hidden_size})"))
-        if any(weight < 0 for weight in self.styles.values()) or (self.styles and not sum(self.styles.values()) > 0):
-            found.append(Problem("styles", self.styles, "weights must be >= 0 with at least one > 0"))
-        return found
 
 
 def default_cache_dir() -> Path:
@@ -253,8 +218,6 @@ def copy_model_folder(source: Path, target: Path) -> None:
             if path.is_file():
                 (tmp / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, tmp / path.relative_to(source))
-
-
 
 
 def run_stage(cfg: PretrainConfig, stage: Stage) -> StageOutput:

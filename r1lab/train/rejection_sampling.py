@@ -9,26 +9,12 @@ sets ``init:`` (R1 fine-tunes the *base* model on this data).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
-from r1lab.config import Problem, at_least, doc
 from r1lab.data.domain import domain_examples
-from r1lab.data.rejection import ReadabilityFilters, rejection_sample
-from r1lab.generation import DataSamplingConfig
+from r1lab.data.rejection import rejection_sample
+from r1lab.generation import sampling_params
 from r1lab.stage import Stage, StageOutput
-
-
-@dataclass
-class RejectionSamplingConfig(DataSamplingConfig):
-    kind: str = doc("rejection_sampling", "Stage kind: sample from a checkpoint, keep correct readable completions.")
-    filters: ReadabilityFilters = doc(ReadabilityFilters(), "Readability filters and deduplication.")
-    add_domain_examples: int = doc(0, "Non-reasoning rows (writing/formatting tasks) added to the data set.")
-
-    def __post_init__(self):
-        self.check()
-
-    def problems(self) -> list[Problem]:
-        return [*super().problems(), *at_least(self, 1, "num_prompts"), *at_least(self, 0, "add_domain_examples")]
+from r1lab.stage_configs import RejectionSamplingConfig
 
 
 def run_stage(cfg: RejectionSamplingConfig, stage: Stage) -> StageOutput:
@@ -36,7 +22,7 @@ def run_stage(cfg: RejectionSamplingConfig, stage: Stage) -> StageOutput:
     policy = stage.load_policy(trainable=False)
     examples = stage.task.examples("train", cfg.num_prompts, seed=stage.run.seed)
     rows, stats = rejection_sample(stage.generator(policy), stage.task, stage.template, examples,
-                                   cfg.samples_per_prompt, cfg.sampling(stage.run.seed), filters=cfg.filters,
+                                   cfg.samples_per_prompt, sampling_params(cfg, stage.run.seed), filters=cfg.filters,
                                    provenance={"checkpoint": str(stage.init), "stage": stage.name})
     domain = domain_examples(cfg.add_domain_examples, seed=stage.run.seed)
     stats["domain_examples"] = len(domain)

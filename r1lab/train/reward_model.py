@@ -24,12 +24,10 @@ stages' rewards as ``reward_model:<stage>``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
 from r1lab.checkpoint import load_training_state
-from r1lab.config import doc
 from r1lab.data.jsonl import read_preference_pairs
 from r1lab.dist import share, sum_stats_over_ranks
 from r1lab.fsdp import matching_passes, shard_value_model
@@ -39,21 +37,9 @@ from r1lab.models import load_tokenizer
 from r1lab.policy import Policy
 from r1lab.rewards.reward_model import save_reward_model, sequence_scores
 from r1lab.stage import Stage, StageOutput
-from r1lab.supervised import PairDataConfig, configure_optimizer, schedule_steps, split_and_encode, train_steps
+from r1lab.supervised import configure_optimizer, schedule_steps, split_and_encode, train_steps
 from r1lab.value_model import ValueModel, init_value_model, load_value_model
-
-
-@dataclass
-class RewardModelConfig(PairDataConfig):
-    kind: str = doc("reward_model", "Stage kind: train a Bradley–Terry reward model on preference pairs.")
-    init: str = doc("", "Backbone to start from: an earlier stage's name, a path or hub id (empty: previous stage); "
-                        "the policy passes through the stage unchanged.")
-    epochs: int = doc(1, "Passes over the training pairs (InstructGPT: 1; more overfits).")
-    lr: float = doc(1e-5, "Peak learning rate (AdamW) of backbone and head (InstructGPT RM: 9e-6).")
-    eval: bool = doc(False, "Run the task evaluation after the stage (of the policy, which this stage leaves as is).")
-
-    def __post_init__(self):
-        self.check()
+from r1lab.stage_configs import RewardModelConfig
 
 
 # --- scores -----------------------------------------------------------------------------------------------------

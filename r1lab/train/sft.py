@@ -23,11 +23,9 @@ of a step are grouped by length so that micro-batches carry little padding (``pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
-from r1lab.config import Problem, doc
 from r1lab.data.jsonl import read_sft_examples
 from r1lab.dist import share, sum_stats_over_ranks
 from r1lab.encoding import Encoded, encode_sft_examples
@@ -35,30 +33,8 @@ from r1lab.fsdp import matching_passes
 from r1lab.logprobs import completion_logprobs, make_batch
 from r1lab.losses import sft_loss
 from r1lab.stage import Stage, StageOutput
-from r1lab.supervised import (FixedDataConfig, configure_optimizer, micro_batches, schedule_steps, split_and_encode,
-                              train_steps)
-
-
-@dataclass
-class SFTConfig(FixedDataConfig):
-    kind: str = doc("sft", "Stage kind: supervised fine-tuning (cold start, rejection-sampling SFT, distillation).")
-    data: str = doc("", "JSONL of {prompt, completion} rows ({messages} rows with template.kind: chat), or the name "
-                        "of an earlier stage whose output is such a file.")
-    epochs: int = doc(2, "Passes over the training examples (R1: 2–3).")
-    micro_batch_tokens: int = doc(8192, "Padded tokens per forward/backward: a step's examples are sorted by length "
-                                        "and grouped greedily under this budget (0: the whole step at once).")
-    lr: float = doc(5e-5, "Peak learning rate (AdamW); R1 SFT 5e-5, distillation 1e-4.")
-
-    def __post_init__(self):
-        self.check()
-
-    def problems(self) -> list[Problem]:
-        found = super().problems()
-        if self.micro_batch_tokens < 0 or (self.micro_batch_tokens and self.micro_batch_tokens < self.max_length):
-            found.append(Problem("micro_batch_tokens", self.micro_batch_tokens, f"must be 0 (the whole step at once) "
-                                 f"or at least max_length ({self.max_length}) so that the longest example fits in "
-                                 f"one micro-batch"))
-        return found
+from r1lab.supervised import (configure_optimizer, micro_batches, schedule_steps, split_and_encode, train_steps)
+from r1lab.stage_configs import SFTConfig
 
 
 # --- the loss over one step's examples ----------------------------------------------------------------------------
