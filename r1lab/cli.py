@@ -98,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    existing = list(logging.getLogger().handlers)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the one printing to the terminal: a stage's warning is printed by
+        if handler not in existing:  # its console, once (handlers someone else installed keep every record)
+            handler.addFilter(lambda record: not getattr(record, "shown_by_console", False))
     args = build_parser().parse_args(argv)  # --help and --version end here, before torch is imported
     if args.command == "cmd_run" and args.help_config is None:
         try:  # a mistake in a recipe is reported before torch is imported (seconds)

@@ -13,6 +13,7 @@ import yaml
 
 from r1lab.checkpoint import DiskFullError  # noqa: F401 (r1lab.cli reports it)
 from r1lab.config import ConfigError, describe_fields, render_fields, to_dict
+from r1lab.console import Console
 from r1lab.evaluate import evaluate_model
 from r1lab.generation import Generator
 from r1lab.models import load_model, resolve_device
@@ -144,12 +145,15 @@ def cmd_eval(args) -> int:
     task = get_task(s["task"], **({**s.get("task_options", {}), **options} if task_from_run else options))
     model, tokenizer = load_model(s["model"], dtype=s["dtype"], device=resolve_device(args.device))
     template = PromptTemplate(TemplateConfig(kind=s["template"], prefill_think=s["prefill_think"]), tokenizer)
+    console = Console()  # progress on stderr; the result alone on stdout
     print(f"r1lab eval: {s['model']} on {s['num_problems']} held-out {s['task']} problems, k={s['k']}, "
           f"T={s['temperature']}, top-p={s['top_p']}, max_new_tokens={s['max_new_tokens']}", file=sys.stderr)
     result = evaluate_model(Generator("transformers", model, tokenizer), task, template,
                             num_problems=s["num_problems"], k=s["k"], temperature=s["temperature"],
                             top_p=s["top_p"], max_new_tokens=s["max_new_tokens"], seed=s["seed"],
-                            samples_path=Path(args.samples) if args.samples else None)
+                            samples_path=Path(args.samples) if args.samples else None,
+                            progress=lambda done, total: console.progress("eval", done, total, "samples",
+                                                                          unit="sample"))
     print(json.dumps({"model": s["model"], **result}, indent=2))
     return 0
 

@@ -31,7 +31,7 @@ class Console:
         if not self.quiet:  # markup off: "[stage]" prefixes are text, not rich tags; never cut at 80 columns in a log
             self.console.print(message, style=style, markup=False, soft_wrap=True)
 
-    def progress(self, stage: str, done: int, total: int, text: str) -> None:
+    def progress(self, stage: str, done: int, total: int, text: str, unit: str = "step") -> None:
         now = time.time()
         started, first_done = self._first.setdefault(stage, (now, done))
         if done == total or now - self._last > 5 or done == first_done:
@@ -39,6 +39,6 @@ class Console:
             pace = ""
             if done > first_done and now > started:  # measured since this process began the stage (resumes too)
                 rate = (done - first_done) / (now - started)
-                per = f"{rate:.2f} steps/s" if rate >= 1 else f"{1 / rate:.1f} s/step"
+                per = f"{rate:.2f} {unit}s/s" if rate >= 1 else f"{1 / rate:.1f} s/{unit}"
                 pace = f"  [{per}, {'done' if done >= total else duration((total - done) / rate) + ' left'}]"
             self.print(f"[{stage}] {done}/{total} {text}{pace}")

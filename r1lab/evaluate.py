@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from statistics import fmean
+from typing import Callable
 
 from r1lab.checkpoint import atomic_write_text
 from r1lab.engine import SamplingParams
@@ -169,15 +170,18 @@ def reference_fields(example: dict) -> dict:
 
 
 def evaluate_model(generator, task, template, *, num_problems: int, k: int, temperature: float, top_p: float,
-                   max_new_tokens: int, seed: int, samples_path=None, split: str = "test") -> dict:
+                   max_new_tokens: int, seed: int, samples_path=None, split: str = "test",
+                   progress: Callable[[int, int], None] | None = None) -> dict:
     """pass@1 over k samples, cons@k, unbiased pass@k, format rate, lengths, language consistency and the task's
-    own metrics (``r1lab.tasks.task_metrics``) on ``num_problems`` held-out problems.
+    own metrics (``r1lab.tasks.task_metrics``) on ``num_problems`` held-out problems. ``progress(done, total)`` is
+    told as samples finish (from 0; under torchrun, this rank's part).
 
     ``samples_path``: where to write a JSONL line per sample (prompt, completion, reference, answer, correct; a
     problem without a reference gets ``reference: null`` and a ``reference_note``, see ``reference_fields``).
     """
     examples = task.examples(split, num_problems, seed=seed)
-    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                            progress=progress)
     samples = sample_and_score(generator, template, examples, k, params, verify_answers=True,
                                split_over_ranks=True)  # under torchrun: each rank its part
     records, lines = [], []

@@ -40,9 +40,12 @@ class Generator:
         return self.engine.generate(prompts, n, params)
 
 
-def sampling_params(cfg: DataSamplingConfig, seed: int) -> SamplingParams:
-    """How a data stage samples (its temperature, top-p and length) with ``seed``."""
-    return SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=seed)
+def sampling_params(cfg: DataSamplingConfig, seed: int,
+                    progress: Callable[[int, int], None] | None = None) -> SamplingParams:
+    """How a data stage samples (its temperature, top-p and length) with ``seed``; ``progress(done, total)`` told as
+    completions finish."""
+    return SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=seed,
+                          progress=progress)
 
 
 @dataclass
@@ -86,6 +89,7 @@ def sample_and_score(generator: Generator, template, examples: list[dict], n: in
                        else None, [] if verify_answers else None, [] if verify_answers else None)
     render = render or template.render
     prompts = [render(example["prompt"]) for example in examples]
+    params.report(0, len(prompts) * n)  # a progress line's clock starts with the call
     if isinstance(generator, Generator):  # tests pass scripted engines, which have no model
         warn_if_prompts_exceed_context(generator.tokenizer, context_length(getattr(generator.engine, "model", None)),
                                        prompts, params.max_new_tokens)

@@ -55,13 +55,16 @@ STAGES: dict[str, tuple[type, Callable]] = {
 assert {kind: cls for kind, (cls, _) in STAGES.items()} == STAGE_KINDS  # one list of kinds
 
 
-def evaluate_checkpoint(run: RunConfig, task, checkpoint: str, device, samples_path: Path | None) -> dict:
-    """The R1 evaluation (pass@1 over k samples at T=0.6, top-p 0.95, cons@k) of a saved model."""
+def evaluate_checkpoint(run: RunConfig, task, checkpoint: str, device, samples_path: Path | None,
+                        progress=None) -> dict:
+    """The R1 evaluation (pass@1 over k samples at T=0.6, top-p 0.95, cons@k) of a saved model; ``progress(done,
+    total)`` told as samples finish."""
     model, tokenizer = load_model(checkpoint, dtype=run.dtype, device=device)
     e = run.eval
     return evaluate_model(Generator(run.engine, model, tokenizer), task, PromptTemplate(run.template, tokenizer),
                           num_problems=e.num_problems, k=e.k, temperature=e.temperature, top_p=e.top_p,
-                          max_new_tokens=e.max_new_tokens, seed=e.seed, samples_path=samples_path)
+                          max_new_tokens=e.max_new_tokens, seed=e.seed, samples_path=samples_path,
+                          progress=progress)
 
 
 def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = False) -> Path:
@@ -154,7 +157,9 @@ def _run_stages(path: str | Path, run: RunConfig, stages: dict[str, Any], consol
         if cfg.eval:
             console.print(f"[{name}] evaluating {last_model} on {run.eval.num_problems} held-out problems, "
                           f"k={run.eval.k}")
-            evaluation = evaluate_checkpoint(run, task, last_model, device, stage_dir / "eval_samples.jsonl")
+            evaluation = evaluate_checkpoint(
+                run, task, last_model, device, stage_dir / "eval_samples.jsonl",
+                progress=lambda done, total: console.progress(f"{name} eval", done, total, "samples", unit="sample"))
             console.print(f"[{name}] pass@1 {evaluation['pass@1']:.3f}  cons@{evaluation['k']} "
                           f"{evaluation['cons@k']:.3f}  format {evaluation['format_rate']:.3f}  "
                           f"length {evaluation['length_mean']:.1f}")

@@ -231,7 +231,7 @@ class Stage:
         self.console.print(f"[{self.name}] {message}")
 
     def warn(self, message: str) -> None:
-        log.warning(message)
+        log.warning(message, extra={"shown_by_console": True})  # for log handlers; the terminal gets it once, below
         self.console.print(f"[{self.name}] warning: {message}", style="yellow")
         self.warnings.append(message)
 
@@ -244,11 +244,15 @@ class Stage:
         with open(self.run_folder / "samples.jsonl", "a") as f:
             f.write("".join(line + "\n" for line in lines))
 
-    def progress(self, done: int, total: int, text: str) -> None:
-        self.console.progress(self.name, done, total, text)
+    def progress(self, done: int, total: int, text: str, unit: str = "step") -> None:
+        self.console.progress(self.name, done, total, text, unit=unit)
         if time.time() - self._threads_checked_at > 5:  # side by side: take a finished sibling's cores mid-stage
             self._threads_checked_at = time.time()
             set_threads(self.run.threads)
+
+    def sample_progress(self, done: int, total: int) -> None:
+        """A data stage's sampling progress (``SamplingParams.progress``): completions finished so far."""
+        self.progress(done, total, "samples", unit="sample")
 
     def write_data(self, rows: list[dict], stats: dict, file_name: str, metrics: dict | None = None) -> StageOutput:
         """A data stage's output: ``<stage>/<file_name>`` (JSONL) and ``<stage>/stats.json`` with ``rows`` set; the

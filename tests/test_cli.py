@@ -270,3 +270,20 @@ def test_a_mistake_in_a_recipe_is_reported_without_importing_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "2 []", result.stdout + result.stderr
     assert "unknown key 'stages.grpo.stpes'" in result.stderr
+
+
+def test_a_stage_warning_is_printed_once(tmp_path, tiny_checkpoint):
+    rows = [{"prompt": f"{i}+1", "completion": f"<answer>{i + 1}</answer>"} for i in range(6)]
+    rows.append({"prompt": "9+9", "completion": "<think>" + "9+9=18 " * 40 + "</think><answer>18</answer>"})
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    recipe = tmp_path / "warns.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "warns", "output_dir": str(tmp_path / "runs"), "model": str(tiny_checkpoint), "threads": 1,
+        "task": {"name": "arithmetic", "options": {"digits": 1}},
+        "stages": {"sft": {"kind": "sft", "data": str(data), "max_length": 64, "max_steps": 1, "batch_size": 4,
+                           "eval": False, "eval_fraction": 0.0, "micro_batch_tokens": 0}}}))
+    result = subprocess.run([sys.executable, "-m", "r1lab", "run", str(recipe)], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("longer than max_length=64 tokens and were dropped") == 1, result.stderr

@@ -26,3 +26,12 @@ def test_progress_shows_rate_and_time_left_and_is_throttled(capsys, monkeypatch)
 def test_long_lines_are_not_wrapped_in_a_log(capsys):
     Console().print("x" * 200)
     assert capsys.readouterr().err == "x" * 200 + "\n"
+
+
+def test_progress_names_its_unit(capsys, monkeypatch):
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(console_module.time, "time", lambda: next(clock))
+    console = Console()
+    console.progress("rs eval", 0, 400, "samples", unit="sample")
+    console.progress("rs eval", 200, 400, "samples", unit="sample")
+    assert capsys.readouterr().err.splitlines()[-1] == "[rs eval] 200/400 samples  [20.00 samples/s, 10s left]"

@@ -171,3 +171,21 @@ def test_reference_fields_never_invent_a_reference():
         "reference": None, "reference_note": "no single reference answer: scored by reasoning-gym's own scorer"}
     assert reference_fields({"verifier": "code"}) == {
         "reference": None, "reference_note": "no single reference answer: scored by the 'code' verifier"}
+
+
+def test_an_evaluation_tells_its_progress_from_zero_to_every_sample(tiny_checkpoint):
+    from r1lab.evaluate import evaluate_model
+    from r1lab.generation import Generator
+    from r1lab.models import load_model
+    from r1lab.tasks import get_task
+    from r1lab.templates import PromptTemplate, TemplateConfig
+
+    model, tokenizer = load_model(str(tiny_checkpoint))
+    told = []
+    result = evaluate_model(Generator("auto", model, tokenizer), get_task("arithmetic", digits=1),
+                            PromptTemplate(TemplateConfig(), tokenizer), num_problems=6, k=3, temperature=0.6,
+                            top_p=0.95, max_new_tokens=8, seed=1, progress=lambda done, total: told.append(
+                                (done, total)))
+    assert told[0] == (0, 18) and told[-1] == (18, 18)
+    assert [done for done, _ in told] == sorted(done for done, _ in told)
+    assert result["num_problems"] == 6

@@ -258,3 +258,18 @@ def test_sliding_window_shorter_than_the_sequences_falls_back(tok, caplog):
         out = FastEngine(model, tok).generate(PROMPTS, 1, params)
     assert "longer than the sliding window (8)" in caplog.text
     assert _ids(out) == _ids(TransformersEngine(model, tok).generate(PROMPTS, 1, params))
+
+
+def test_progress_is_told_as_completions_finish(tok):
+    """A long call (an evaluation, a data stage) reports finished completions as they come, then all of them."""
+    model = _eos_prone(tok)
+    told = []
+    params = SamplingParams(temperature=1.0, max_new_tokens=40, seed=2, progress=lambda done, total: told.append(
+        (done, total)))
+    FastEngine(model, tok, max_slots=5).generate(PROMPTS * 3, 4, params)
+    total = len(PROMPTS) * 3 * 4
+    assert told[-1] == (total, total) and all(t == total for _, t in told)
+    assert [d for d, _ in told] == sorted(d for d, _ in told) and len(told) > 3  # several reports, in order
+    told.clear()
+    TransformersEngine(model, tok, batch_size=8).generate(PROMPTS * 3, 4, params)  # after each batch
+    assert told == [(min(done, total), total) for done in range(8, total + 8, 8)]

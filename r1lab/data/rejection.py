@@ -60,7 +60,11 @@ def rejection_sample(generator: Generator, task, template, examples: list[dict],
     rows = []
     for start in range(0, len(examples), batch_prompts):
         chunk = examples[start:start + batch_prompts]
-        batch_params = dataclasses.replace(params, seed=params.seed + start)  # a sampling stream per batch
+        offset = start * n  # the progress this batch reports counts from the samples before it
+        batch_params = dataclasses.replace(  # a sampling stream per batch
+            params, seed=params.seed + start,
+            progress=params.progress and (lambda done, _, offset=offset: params.report(offset + done,
+                                                                                         len(examples) * n)))
         samples = sample_and_score(generator, template, chunk, n, batch_params, render=render,
                                    split_over_ranks=True)
         for position, (example, completion) in enumerate(zip(samples.examples, samples.responses)):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 @dataclass
@@ -17,6 +17,12 @@ class SamplingParams:
     seed: int = 0
     first_sequence: int = 0  # id of the call's first sequence in the random numbers: a rank sampling part of a
     # step's prompts draws the numbers the whole step would give them in one process (r1lab's own engine)
+    progress: Callable[[int, int], None] | None = field(default=None, compare=False)  # told (finished, total)
+    # as completions finish, for a long call's progress line (evaluation, data stages)
+
+    def report(self, finished: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(finished, total)
 
 
 @dataclass

@@ -567,6 +567,7 @@ class FastEngine:
         done = torch.ones(slots, dtype=torch.bool, device=device)
         held = [-1] * slots  # host copy of `sequence` (-1: free)
         results: list[Generation | None] = [None] * total
+        progress = [0]  # sequences finished so far, reported through params.progress
         chunks: dict[int, _Prompts] = {}
         next_sequence, horizon, live = 0, 0, slots
 
@@ -619,6 +620,9 @@ class FastEngine:
                 results[seq] = Generation(prompt_ids[seq // n], ids, text, not ended,
                                           logprobs=out_logprobs[slot, :made].tolist())
                 held[slot] = -1
+            if finished:
+                progress[0] += len(finished)
+                params.report(progress[0], total)
             return finished
 
         fill(list(range(slots)))

@@ -107,6 +107,7 @@ class TransformersEngine:
                 text = tokenizer.decode(text_ids, skip_special_tokens=True)
                 results.append(Generation(prompt_ids, completion_ids, text, truncated,
                                           logprobs=token_logprobs[row][:len(completion_ids)]))
+            params.report(len(results), len(flat_prompts))
         if was_training:
             model.train()
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]

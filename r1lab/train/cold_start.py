@@ -28,7 +28,7 @@ from r1lab.templates import PromptTemplate
 
 def run_stage(cfg: ColdStartConfig, stage: Stage) -> StageOutput:
     """Write the cold-start data set and its stats."""
-    params = sampling_params(cfg, stage.run.seed)
+    params = sampling_params(cfg, stage.run.seed, stage.sample_progress)
     stats: dict = {}
     rows: list[dict] = []
     if cfg.num_prompts:

@@ -57,7 +57,8 @@ def run_stage(cfg: PreferencePairsConfig, stage: Stage) -> StageOutput:
         policy = stage.load_policy(trainable=False)
         examples = stage.task.examples("train", cfg.num_prompts, seed=stage.run.seed)
         samples = sample_and_score(stage.generator(policy), stage.template, examples, cfg.samples_per_prompt,
-                                   sampling_params(cfg, stage.run.seed), split_over_ranks=True)
+                                   sampling_params(cfg, stage.run.seed, stage.sample_progress),
+                                   split_over_ranks=True)
         pairs += pairs_from_samples(examples, samples.groups(samples.responses), cfg.pairs_per_prompt,
                                     {"checkpoint": str(stage.init), "stage": stage.name})
         stats.update({"prompts": len(examples), "sampled": len(examples) * cfg.samples_per_prompt,

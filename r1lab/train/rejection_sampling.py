@@ -22,7 +22,8 @@ def run_stage(cfg: RejectionSamplingConfig, stage: Stage) -> StageOutput:
     policy = stage.load_policy(trainable=False)
     examples = stage.task.examples("train", cfg.num_prompts, seed=stage.run.seed)
     rows, stats = rejection_sample(stage.generator(policy), stage.task, stage.template, examples,
-                                   cfg.samples_per_prompt, sampling_params(cfg, stage.run.seed), filters=cfg.filters,
+                                   cfg.samples_per_prompt, sampling_params(cfg, stage.run.seed, stage.sample_progress),
+                                   filters=cfg.filters,
                                    provenance={"checkpoint": str(stage.init), "stage": stage.name})
     domain = domain_examples(cfg.add_domain_examples, seed=stage.run.seed)
     stats["domain_examples"] = len(domain)
