@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from r1lab.config import Problem, at_least, doc, raise_problems, within
 from r1lab.tasks import TaskConfig
 from r1lab.templates import TemplateConfig
+from r1lab.trackers import TRACKERS
 
 
 @dataclass
@@ -66,6 +67,9 @@ class RunConfig:
                           "cores instead (r1lab.side_by_side).")
     engine: str = doc("auto", "Generation engine: auto (r1lab's own for Llama/Qwen/Mistral-family models, "
                               "transformers' generate for the rest), fast (r1lab's own only), transformers.")
+    report_to: list[str] = doc([], "Experiment trackers that get every stage's metrics and the resolved recipe: "
+                                   "tensorboard (in <run>/tensorboard; pip install 'r1lab[tensorboard]'). wandb and "
+                                   "trackio are not supported yet.")
     keep_checkpoints: bool = doc(False, "Keep a finished stage's resumable checkpoint (<stage>/checkpoint: weights "
                                         "plus optimizer state, about 3x the model) instead of deleting it once the "
                                         "stage is done; its final model is kept either way.")
@@ -105,6 +109,11 @@ class RunConfig:
         elif self.parallel == "fsdp2" and self.lora.enabled:
             found.append(Problem("parallel", self.parallel, "LoRA adapters are not sharded yet: use parallel: ddp "
                                                             "with lora (the frozen base is then held once per rank)"))
+        for name in self.report_to:
+            if name not in TRACKERS:
+                found.append(Problem("report_to", self.report_to, f"{name!r} is not a tracker r1lab reports to; "
+                                                                  f"supported: {', '.join(TRACKERS)} (wandb and "
+                                                                  f"trackio: not yet)"))
         if self.engine not in ENGINES:
             found.append(Problem("engine", self.engine, f"must be one of {', '.join(ENGINES)}"))
         return found

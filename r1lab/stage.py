@@ -149,6 +149,7 @@ class Stage:
     device: torch.device
     console: Console
     resume_folder: Path | None = None  # where a resume reads the checkpoint: rank 0's stage folder (None: folder)
+    trackers: list = field(default_factory=list)  # experiment trackers (r1lab.trackers); empty on other ranks
     template: PromptTemplate | None = None  # set once the stage's tokenizer is known (load_policy, use_tokenizer)
     warnings: list[str] = field(default_factory=list)
     _threads_checked_at: float = 0.0
@@ -239,6 +240,8 @@ class Stage:
         record = {"stage": self.name, "step": step, **{k: _round(v) for k, v in metrics.items()}}
         with open(self.run_folder / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        for tracker in self.trackers:
+            tracker.log(self.name, step, metrics)
 
     def log_samples(self, lines: list[str]) -> None:
         with open(self.run_folder / "samples.jsonl", "a") as f:
