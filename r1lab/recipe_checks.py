@@ -53,11 +53,11 @@ def check_recipe(run: RunConfig, stages: dict[str, Any], kinds: dict[str, str]) 
     earlier: dict[str, str] = {}  # name -> kind of the stages before the one being checked
     model_after: dict[str, str] = {}  # name -> the model an earlier stage hands on ("stage:<name>", or its init's)
     last_model = run.model  # what a stage without init: starts from
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun
     for name, kind in kinds.items():
         where = f"stages.{name}"
         problems += _stage_name_problems(name)
         cfg = stages.get(name)
-        processes = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun
         if cfg is not None and hasattr(cfg, "prompts_per_step") and cfg.prompts_per_step % processes:
             problems.append(Problem(f"{where}.prompts_per_step", cfg.prompts_per_step,
                                     f"cannot be split evenly over {processes} processes (each samples whole groups "
