@@ -36,7 +36,7 @@ from r1lab.stage_configs import STAGE_KINDS
 from r1lab.stage import RunOutputs, Stage, StageOutput, checkpoint_step, read_done, set_threads
 from r1lab.tasks import get_task
 from r1lab.templates import PromptTemplate
-from r1lab.trackers import open_trackers
+from r1lab.trackers import Trackers
 from r1lab.train import (check_gate, cold_start, dpo, grpo, ppo, preference_pairs, pretrain, rejection_sampling,
                          reward_model, sft)
 
@@ -88,12 +88,11 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     run_dir = Path(run.output_dir) / run.name
     with run_folder_lock(run_dir):
         command = " ".join(["r1lab run", str(path), *overrides])
-        trackers = open_trackers(run.report_to, run_dir) if place.is_main else []  # report_to: rank 0 alone
+        trackers = Trackers(run.report_to if place.is_main else [], run_dir, run.name, run.tracker_project)
         try:
             result = _run_stages(path, run, stages, console, device, run_dir, command, main_run_dir, trackers)
         finally:
-            for tracker in trackers:
-                tracker.close()
+            trackers.close()
     if place.distributed and not place.is_main:  # its results are rank 0's: the scratch folder goes
         shutil.rmtree(Path(run.output_dir), ignore_errors=True)
         return Path(run.output_dir).parent / run.name
@@ -101,15 +100,15 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
 
 
 def _run_stages(path: str | Path, run: RunConfig, stages: dict[str, Any], console: Console, device,
-                run_dir: Path, command: str, main_run_dir: Path, trackers: list) -> Path:
+                run_dir: Path, command: str, main_run_dir: Path, trackers: Trackers) -> Path:
     """The body of ``run_recipe``, run while this process holds the run folder. Under torchrun the other ranks
     write in their own ``run_dir`` but read which stages are done, their outputs and the checkpoints to resume from
     in rank 0's ``main_run_dir``."""
     # What each stage runs with, taken before the stages resolve their references (reward_model:<stage> -> folder).
     records = {name: stage_record(run, name, cfg) for name, cfg in stages.items()}
     _write_run_config(run, stages, records, run_dir, console)
-    for tracker in trackers:
-        tracker.log_config((run_dir / "config.yaml").read_text())
+    for line in trackers.open():  # report_to: rank 0 alone; each gets config.yaml as the run's config
+        console.print(line)
     try:
         task = get_task(run.task.name, **run.task.options)
     except (TypeError, ValueError, FileNotFoundError) as err:

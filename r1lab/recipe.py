@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from r1lab.config import Problem, at_least, doc, raise_problems, within
 from r1lab.tasks import TaskConfig
 from r1lab.templates import TemplateConfig
-from r1lab.trackers import TRACKERS
+from r1lab.trackers import TRACKERS, missing_tracker_packages
 
 
 @dataclass
@@ -67,9 +67,12 @@ class RunConfig:
                           "cores instead (r1lab.side_by_side).")
     engine: str = doc("auto", "Generation engine: auto (r1lab's own for Llama/Qwen/Mistral-family models, "
                               "transformers' generate for the rest), fast (r1lab's own only), transformers.")
-    report_to: list[str] = doc([], "Experiment trackers that get every stage's metrics and the resolved recipe: "
-                                   "tensorboard (in <run>/tensorboard; pip install 'r1lab[tensorboard]'). wandb and "
-                                   "trackio are not supported yet.")
+    report_to: list[str] = doc([], "Experiment trackers that get every stage's metrics, the held-out evaluations, "
+                                   "the resolved recipe and sample completions, any of: tensorboard (in "
+                                   "<run>/tensorboard), wandb (online when logged in; WANDB_MODE=offline writes "
+                                   "<run>/wandb), trackio (its local store); each needs its extra, e.g. pip install "
+                                   "'r1lab[wandb]'. README, 'Experiment trackers'.")
+    tracker_project: str = doc("r1lab", "The wandb / trackio project the run is filed under (the run keeps its name).")
     keep_checkpoints: bool = doc(False, "Keep a finished stage's resumable checkpoint (<stage>/checkpoint: weights "
                                         "plus optimizer state, about 3x the model) instead of deleting it once the "
                                         "stage is done; its final model is kept either way.")
@@ -112,8 +115,12 @@ class RunConfig:
         for name in self.report_to:
             if name not in TRACKERS:
                 found.append(Problem("report_to", self.report_to, f"{name!r} is not a tracker r1lab reports to; "
-                                                                  f"supported: {', '.join(TRACKERS)} (wandb and "
-                                                                  f"trackio: not yet)"))
+                                                                  f"supported: {', '.join(TRACKERS)}"))
+        for name in missing_tracker_packages(self.report_to):
+            found.append(Problem("report_to", self.report_to, f"{name} is not installed: pip install "
+                                                              f"'r1lab[{name}]'"))
+        if not self.tracker_project.strip():
+            found.append(Problem("tracker_project", self.tracker_project, "must name a project"))
         if self.engine not in ENGINES:
             found.append(Problem("engine", self.engine, f"must be one of {', '.join(ENGINES)}"))
         return found

@@ -8,7 +8,6 @@ steps in a row (a reward that never works trains nothing; README, "When somethin
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -168,16 +167,16 @@ def _percentile(ordered: list[float], q: float) -> float:
     return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
 
 
-def sample_lines(rollout: Rollout, stage: str, step: int, limit: int) -> list[str]:
-    """JSONL lines for samples.jsonl: the first ``limit`` completions of this rollout."""
-    lines = []
+def sample_rows(rollout: Rollout, stage: str, step: int, limit: int) -> list[dict]:
+    """Rows for samples.jsonl and the trackers: the first ``limit`` completions of this rollout."""
+    rows = []
     for i in range(min(limit, len(rollout.generations))):
-        lines.append(json.dumps({
+        rows.append({
             "stage": stage, "step": step, "prompt": rollout.examples[i]["prompt"], "completion": rollout.responses[i],
             "answer": rollout.examples[i].get("answer"), "reward": rollout.scores.total[i],
             "rewards": {k.rsplit(":", 1)[-1]: v[i] for k, v in rollout.scores.per_reward.items()},
-            "truncated": rollout.generations[i].truncated}))
-    return lines
+            "truncated": rollout.generations[i].truncated})
+    return rows
 
 
 # --- what every online RL step does around its algorithm --------------------------------------------------------
@@ -229,7 +228,7 @@ def step_seeds(seed: int, step: int) -> tuple[torch.Generator, int]:
 
 def warn_if_truncated(stage: Stage, cfg: OnlineRLConfig, step: int, metrics: dict) -> None:
     if metrics["completion/truncated_frac"] > cfg.truncation_warning:
-        stage.warn(f"step {step}: {metrics['completion/truncated_frac']:.0%} of completions hit max_new_tokens="
+        stage.warn(f"step {step + 1}: {metrics['completion/truncated_frac']:.0%} of completions hit max_new_tokens="
                    f"{cfg.max_new_tokens} and were cut off (they earn no accuracy reward); raise max_new_tokens")
 
 
@@ -285,7 +284,7 @@ def finish_step(stage: Stage, cfg: OnlineRLConfig, policy: Policy, generator: Ge
     metrics.update({**policy.learning_rates(), "step_seconds": time.time() - started, **peak_memory(policy.device)})
     stage.log_metrics(step + 1, metrics)
     if cfg.samples_every and (step % cfg.samples_every == 0 or step + 1 == cfg.steps):
-        stage.log_samples(sample_lines(rollout, stage.name, step + 1, cfg.log_samples))
+        stage.log_samples(step + 1, sample_rows(rollout, stage.name, step + 1, cfg.log_samples))
     stage.progress(step + 1, cfg.steps, progress)
     if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
         stage.quick_eval(generator, step=step + 1)

@@ -31,6 +31,7 @@ from r1lab.recipe import RunConfig
 from r1lab.tasks import TaskConfig, get_task
 from r1lab.templates import PromptTemplate
 from r1lab.threads import THREADS_FILE_ENV, threads_from_file
+from r1lab.trackers import Trackers
 
 log = logging.getLogger("r1lab")
 
@@ -149,7 +150,7 @@ class Stage:
     device: torch.device
     console: Console
     resume_folder: Path | None = None  # where a resume reads the checkpoint: rank 0's stage folder (None: folder)
-    trackers: list = field(default_factory=list)  # experiment trackers (r1lab.trackers); empty on other ranks
+    trackers: Trackers = field(default_factory=Trackers)  # report_to (r1lab.trackers); none on other ranks
     template: PromptTemplate | None = None  # set once the stage's tokenizer is known (load_policy, use_tokenizer)
     warnings: list[str] = field(default_factory=list)
     _threads_checked_at: float = 0.0
@@ -240,12 +241,13 @@ class Stage:
         record = {"stage": self.name, "step": step, **{k: _round(v) for k, v in metrics.items()}}
         with open(self.run_folder / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        for tracker in self.trackers:
-            tracker.log(self.name, step, metrics)
+        self.trackers.log(self.name, step, metrics)
 
-    def log_samples(self, lines: list[str]) -> None:
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        """Completions worth reading (prompt, completion, answer, reward ...): to samples.jsonl and the trackers."""
         with open(self.run_folder / "samples.jsonl", "a") as f:
-            f.write("".join(line + "\n" for line in lines))
+            f.write("".join(json.dumps(row) + "\n" for row in rows))
+        self.trackers.log_samples(self.name, step, rows)
 
     def progress(self, done: int, total: int, text: str, unit: str = "step") -> None:
         self.console.progress(self.name, done, total, text, unit=unit)

@@ -1,9 +1,16 @@
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Experiment trackers (tests/test_trackers.py) write into a scratch folder, never into the user's home or to the net.
+_TRACKER_HOME = tempfile.mkdtemp(prefix="r1lab-test-trackers-")
+os.environ["TRACKIO_DIR"] = os.path.join(_TRACKER_HOME, "trackio")  # read once, when trackio is first imported
+os.environ["WANDB_MODE"] = "offline"
+for _name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+    os.environ[_name] = os.path.join(_TRACKER_HOME, _name.lower())
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ A reasoning-gym problem without a single reference answer (``propositional_logic
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -44,6 +45,19 @@ def _datasets():
     return datasets
 
 
+@contextlib.contextmanager
+def _without_progress_bars(datasets):
+    """`datasets` draws a tqdm bar for every split it generates ("Generating train split: 2 examples"), on the
+    terminal r1lab prints its own progress to: off while r1lab loads, as it was afterwards."""
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
 def read_table(path: str, *, split: str = "train", config: str | None = None,
                max_rows: int = 0) -> tuple[list[dict], str]:
     """Rows of a file or hub dataset split as dicts, and a name for messages ("file.csv" or "hub:id[split]")."""
@@ -58,13 +72,16 @@ def read_table(path: str, *, split: str = "train", config: str | None = None,
         else:
             if suffix == ".csv":
                 check_csv(path)
-            table = _datasets().load_dataset(_FILE_LOADERS[suffix], data_files=path, split="train")
+            datasets = _datasets()
+            with _without_progress_bars(datasets):
+                table = datasets.load_dataset(_FILE_LOADERS[suffix], data_files=path, split="train")
             rows = [dict(row) for row in (table.select(range(min(max_rows, len(table)))) if max_rows else table)]
         return rows, path
     where = f"hub:{path}" + (f"/{config}" if config else "") + f"[{split}]"
     datasets = _datasets()
     try:
-        table = datasets.load_dataset(path, config, split=split)
+        with _without_progress_bars(datasets):
+            table = datasets.load_dataset(path, config, split=split)
     except Exception as error:  # offline, unknown id, unknown split: say which and why
         offline = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set: only cached datasets load)" if (
             os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1") else ""
