@@ -148,12 +148,15 @@ def cmd_eval(args) -> int:
     console = Console()  # progress on stderr; the result alone on stdout
     print(f"r1lab eval: {s['model']} on {s['num_problems']} held-out {s['task']} problems, k={s['k']}, "
           f"T={s['temperature']}, top-p={s['top_p']}, max_new_tokens={s['max_new_tokens']}", file=sys.stderr)
-    result = evaluate_model(Generator("transformers", model, tokenizer), task, template,
-                            num_problems=s["num_problems"], k=s["k"], temperature=s["temperature"],
-                            top_p=s["top_p"], max_new_tokens=s["max_new_tokens"], seed=s["seed"],
-                            samples_path=Path(args.samples) if args.samples else None,
-                            progress=lambda done, total: console.progress("eval", done, total, "samples",
-                                                                          unit="sample"))
+    try:
+        result = evaluate_model(Generator("transformers", model, tokenizer), task, template,
+                                num_problems=s["num_problems"], k=s["k"], temperature=s["temperature"],
+                                top_p=s["top_p"], max_new_tokens=s["max_new_tokens"], seed=s["seed"],
+                                samples_path=Path(args.samples) if args.samples else None,
+                                progress=lambda done, total: console.progress("eval", done, total, "samples",
+                                                                              unit="sample"))
+    finally:
+        console.close()
     print(json.dumps({"model": s["model"], **result}, indent=2))
     return 0
 

@@ -93,6 +93,7 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
             result = _run_stages(path, run, stages, console, device, run_dir, command, main_run_dir, trackers)
         finally:
             trackers.close()
+            console.close()
     if place.distributed and not place.is_main:  # its results are rank 0's: the scratch folder goes
         shutil.rmtree(Path(run.output_dir), ignore_errors=True)
         return Path(run.output_dir).parent / run.name

@@ -226,10 +226,21 @@ def step_seeds(seed: int, step: int) -> tuple[torch.Generator, int]:
     return torch.Generator().manual_seed(seed * 1_000_003 + step), seed * 7919 + step * 101
 
 
+# Per stage folder: the last step on which too many completions were cut off (one warning per stretch of such steps).
+_truncation_streaks: dict[str, int] = {}
+
+
 def warn_if_truncated(stage: Stage, cfg: OnlineRLConfig, step: int, metrics: dict) -> None:
+    """Warns when more than ``cfg.truncation_warning`` of the completions hit ``max_new_tokens``: once when a stretch
+    of such steps begins (``step``: the loop's 0-based index; the message says ``step + 1``, as metrics.jsonl)."""
+    key = str(stage.folder)
     if metrics["completion/truncated_frac"] > cfg.truncation_warning:
-        stage.warn(f"step {step + 1}: {metrics['completion/truncated_frac']:.0%} of completions hit max_new_tokens="
-                   f"{cfg.max_new_tokens} and were cut off (they earn no accuracy reward); raise max_new_tokens")
+        if _truncation_streaks.get(key) != step - 1:
+            stage.warn(f"step {step + 1}: {metrics['completion/truncated_frac']:.0%} of completions hit "
+                       f"max_new_tokens={cfg.max_new_tokens} and were cut off (they earn no accuracy reward); raise "
+                       f"max_new_tokens (said once while it lasts: completion/truncated_frac in metrics.jsonl has "
+                       f"every step)")
+        _truncation_streaks[key] = step
 
 
 REWARD_FAILURE_STOP_STEPS = 3  # steps in a row on which a reward fails on every completion before the run stops

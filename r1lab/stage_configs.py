@@ -48,7 +48,8 @@ class OnlineRLConfig:
     save_every: int = doc(50, "Save a resumable checkpoint every N steps (0: only at the end).")
     log_samples: int = doc(4, "Completions written to samples.jsonl per logged step.")
     samples_every: int = doc(10, "Write samples every N steps.")
-    truncation_warning: float = doc(0.5, "Warn when more than this share of a step's completions is cut off.")
+    truncation_warning: float = doc(0.5, "Warn when more than this share of a step's completions is cut off (once "
+                                         "per stretch of such steps).")
     logprob_gap_warning: float = doc(0.05, "Warn when the mean |logprob(sampler) − logprob(trainer)| of a step's "
                                            "sampled tokens exceeds this (healthy: ~1e-6 in fp32, 0.01-0.02 with a "
                                            "bf16 sampler; a weight-sync bug: ~0.2).")

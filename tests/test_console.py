@@ -35,3 +35,36 @@ def test_progress_names_its_unit(capsys, monkeypatch):
     console.progress("rs eval", 0, 400, "samples", unit="sample")
     console.progress("rs eval", 200, 400, "samples", unit="sample")
     assert capsys.readouterr().err.splitlines()[-1] == "[rs eval] 200/400 samples  [20.00 samples/s, 10s left]"
+
+
+def test_on_a_terminal_each_loop_is_a_live_bar_that_leaves_its_last_line(monkeypatch):
+    import io
+
+    from rich.console import Console as RichConsole
+
+    clock = iter([100.0, 101.0, 102.0, 103.0, 104.0, 105.0])
+    monkeypatch.setattr(console_module.time, "time", lambda: next(clock))
+    console = Console(live=True)
+    screen = io.StringIO()
+    console.console = RichConsole(file=screen, force_terminal=True, width=120, highlight=False)
+    console.progress("grpo", 0, 4, "reward 0.1")
+    console.progress("grpo eval", 0, 10, "samples", unit="sample")  # two loops at once: two bars
+    assert len(console._bars.tasks) == 2
+    console.progress("grpo", 2, 4, "reward 0.4")  # every call updates the bar, none is skipped
+    console._bars.refresh()  # drawn now, not when rich's refresh thread next wakes
+    bar = next(task for task in console._bars.tasks if task.fields["stage"] == "grpo")
+    assert bar.completed == 2 and bar.fields["text"] == "reward 0.4" and bar.fields["pace"] == "[1.00 steps/s, 2s left]"
+    console.print("a warning")  # printed above the bars
+    console.progress("grpo eval", 10, 10, "samples", unit="sample")
+    assert len(console._bars.tasks) == 1
+    console.progress("grpo", 4, 4, "reward 0.9")  # the last loop ends: the bars go, the lines stay
+    assert console._bars is None
+    shown = screen.getvalue()
+    assert "a warning" in shown and "[grpo eval] 10/10 samples  [" in shown
+    assert "[grpo] 4/4 reward 0.9  [1.00 steps/s, done]" in shown and "━" in shown  # rich's bar
+
+
+def test_quiet_shows_no_bar():
+    console = Console(quiet=True, live=True)
+    console.progress("grpo", 1, 4, "reward 0.1")
+    assert console._bars is None

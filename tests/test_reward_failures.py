@@ -10,7 +10,9 @@ from r1lab.engine import Generation
 from r1lab.logprobs import make_batch
 from r1lab.rewards import ScoreResult
 from r1lab.rewards.scoring import RewardFailedError
-from r1lab.rollout import REWARD_FAILURE_STOP_STEPS, Rollout, check_reward_errors, concat_rollouts, select_groups
+from r1lab.rollout import (REWARD_FAILURE_STOP_STEPS, Rollout, check_reward_errors, concat_rollouts, select_groups,
+                           warn_if_truncated)
+from r1lab.stage_configs import GRPOConfig
 
 
 class FakeStage:
@@ -27,6 +29,13 @@ def scores(failures: int, scored: int = 8, spec: str = "my_rewards.py:flaky") ->
     first = {spec: "KeyError: 'tests'"} if failures else {}
     return ScoreResult(total=[0.0] * scored, per_reward={spec: [None] * scored}, errors={spec: failures},
                        scored={spec: scored}, first_errors=first)
+
+
+def test_completions_cut_off_warn_once_per_stretch_of_steps(tmp_path):
+    stage, cfg = FakeStage(tmp_path / "a"), GRPOConfig(max_new_tokens=8, truncation_warning=0.5)
+    for step, cut_off in enumerate([0.75, 1.0, 0.5, 0.75]):  # 0.5 is not more than the threshold: the stretch ends
+        warn_if_truncated(stage, cfg, step, {"completion/truncated_frac": cut_off})
+    assert [message.split(" of completions")[0] for message in stage.warnings] == ["step 1: 75%", "step 4: 75%"]
 
 
 def test_a_reward_failing_on_most_completions_warns_once_per_stretch(tmp_path):
