@@ -11,7 +11,8 @@ import os
 import sys
 
 from r1lab.config import ConfigError
-from r1lab.recipe_file import check_recipes
+from r1lab.recipe_file import (check_recipes, help_config, overrides_for, resolved_recipe,
+                               split_run_arguments)
 from r1lab.tasks import TASKS
 
 
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prefill-think", action="store_true", default=None, help="start the response with <think>")
     ev.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the run's, else float32)")
     ev.add_argument("--device", default="auto", help="auto (cuda when present; the default), cpu, cuda, cuda:N")
+    ev.add_argument("--engine", default=None, choices=["auto", "fast", "transformers"],
+                    help="generation engine (default: the run's, so a run's evaluation is reproduced exactly; "
+                         "else auto)")
     ev.add_argument("--samples", default="", help="write every sample with its score to this JSONL file")
     ev.set_defaults(command="cmd_eval")
 
@@ -97,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _answer_from_recipes(args) -> str | None:
+    """``r1lab run --help-config`` and ``--dry-run``, which need the recipes alone; for a run, every recipe checked
+    (a ``ConfigError`` naming every problem) and None."""
+    if args.help_config is not None:
+        return help_config(args.help_config)
+    check_recipes(args.items)
+    if args.dry_run:
+        recipes, overrides = split_run_arguments(args.items)
+        return "\n".join(resolved_recipe(recipe, overrides_for(recipe, overrides, recipes)) for recipe in recipes)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     existing = list(logging.getLogger().handlers)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -104,12 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         if handler not in existing:  # its console, once (handlers someone else installed keep every record)
             handler.addFilter(lambda record: not getattr(record, "shown_by_console", False))
     args = build_parser().parse_args(argv)  # --help and --version end here, before torch is imported
-    if args.command == "cmd_run" and args.help_config is None:
-        try:  # a mistake in a recipe is reported before torch is imported (seconds)
-            check_recipes(args.items)
+    if args.command == "cmd_run":
+        try:  # a mistake in a recipe is reported before torch is imported (seconds); so are these two answers
+            answer = _answer_from_recipes(args)
         except (ConfigError, FileNotFoundError) as err:
             print(f"r1lab: error: {err}", file=sys.stderr)
             return 2
+        if answer is not None:
+            print(answer)
+            return 0
     _quiet_libraries()
     from r1lab import commands
 

@@ -12,13 +12,12 @@ from pathlib import Path
 import yaml
 
 from r1lab.checkpoint import DiskFullError  # noqa: F401 (r1lab.cli reports it)
-from r1lab.config import ConfigError, describe_fields, render_fields, to_dict
+from r1lab.config import ConfigError
 from r1lab.console import Console
 from r1lab.evaluate import evaluate_model
 from r1lab.generation import Generator
 from r1lab.models import load_model, resolve_device
-from r1lab.pipeline import STAGE_KINDS, load_recipe, run_recipe
-from r1lab.recipe import RunConfig
+from r1lab.pipeline import run_recipe
 from r1lab.report import check_run_folder, summary_problem, write_combined_report, write_report
 from r1lab.recipe_file import overrides_for, split_run_arguments
 from r1lab.side_by_side import run_side_by_side
@@ -27,40 +26,9 @@ from r1lab.tasks import get_task
 from r1lab.templates import PromptTemplate, TemplateConfig
 
 
-def help_config(kind: str = "") -> str:
-    """``r1lab run --help-config [KIND]``: every recipe key with its type, default and doc; KIND: that stage only."""
-    run_config, stage_kinds = RunConfig, STAGE_KINDS
-    if kind and kind not in stage_kinds:
-        raise ConfigError(f"--help-config: unknown stage kind '{kind}'; known kinds: {', '.join(stage_kinds)}")
-    parts = []
-    if not kind:
-        parts.append("Run-level keys (top level of a recipe; override as key=value, e.g. eval.k=8):\n"
-                     + render_fields(describe_fields(run_config)))
-    for name in [kind] if kind else stage_kinds:
-        parts.append(f"Stage kind '{name}' (keys of a stage with kind: {name}; override as "
-                     f"stages.<stage>.<key>=value):\n" + render_fields(describe_fields(stage_kinds[name])))
-    return "\n\n".join(parts)
-
-
-def resolved_recipe(path: str, overrides: list[str]) -> str:
-    """``r1lab run RECIPE --dry-run``: the recipe as it would run, every field of the run and of each stage with its
-    value (defaults filled in, overrides applied), after every check; as YAML that ``r1lab run`` reads back."""
-    run, stages = load_recipe(path, overrides)
-    resolved = {**to_dict(run), "stages": {name: to_dict(cfg) for name, cfg in stages.items()}}
-    return f"# {path}, resolved ({' '.join(overrides) or 'no overrides'}); nothing was run\n" + yaml.safe_dump(
-        resolved, sort_keys=False, allow_unicode=True)
-
-
 def cmd_run(args) -> int:
-    if args.help_config is not None:
-        print(help_config(args.help_config))
-        return 0
+    """Runs the recipes (``--help-config`` and ``--dry-run`` are answered by ``r1lab.cli``, without torch)."""
     recipes, overrides = split_run_arguments(args.items)
-    if not recipes:
-        raise ConfigError("r1lab run needs a recipe (a YAML file), e.g. r1lab run recipes/tiny/r1_zero.yaml")
-    if args.dry_run:
-        print("\n".join(resolved_recipe(recipe, overrides_for(recipe, overrides, recipes)) for recipe in recipes))
-        return 0
     if len(recipes) == 1 and (args.report or args.jobs):
         raise ConfigError("--report and --jobs are for several recipes run side by side")
     if len(recipes) > 1:
@@ -91,10 +59,11 @@ def check_writable_file(path: Path, option: str) -> None:
 # defaults when neither the command line nor a run gives them.
 EVAL_FROM_RUN = {"k": "eval.k", "num_problems": "eval.num_problems", "temperature": "eval.temperature",
                  "top_p": "eval.top_p", "max_new_tokens": "eval.max_new_tokens", "seed": "eval.seed",
-                 "template": "template.kind", "prefill_think": "template.prefill_think", "dtype": "dtype"}
+                 "template": "template.kind", "prefill_think": "template.prefill_think", "dtype": "dtype",
+                 "engine": "engine"}
 EVAL_DEFAULTS = {"task": "arithmetic", "k": 4, "num_problems": 200, "temperature": 0.6, "top_p": 0.95,
                  "max_new_tokens": 64, "seed": 1234, "template": "r1_zero", "prefill_think": False,
-                 "dtype": "float32"}
+                 "dtype": "float32", "engine": "auto"}
 
 
 def eval_settings(args) -> dict:
@@ -147,9 +116,10 @@ def cmd_eval(args) -> int:
     template = PromptTemplate(TemplateConfig(kind=s["template"], prefill_think=s["prefill_think"]), tokenizer)
     console = Console()  # progress on stderr; the result alone on stdout
     print(f"r1lab eval: {s['model']} on {s['num_problems']} held-out {s['task']} problems, k={s['k']}, "
-          f"T={s['temperature']}, top-p={s['top_p']}, max_new_tokens={s['max_new_tokens']}", file=sys.stderr)
+          f"T={s['temperature']}, top-p={s['top_p']}, max_new_tokens={s['max_new_tokens']}, engine {s['engine']}",
+          file=sys.stderr)
     try:
-        result = evaluate_model(Generator("transformers", model, tokenizer), task, template,
+        result = evaluate_model(Generator(s["engine"], model, tokenizer), task, template,
                                 num_problems=s["num_problems"], k=s["k"], temperature=s["temperature"],
                                 top_p=s["top_p"], max_new_tokens=s["max_new_tokens"], seed=s["seed"],
                                 samples_path=Path(args.samples) if args.samples else None,

@@ -7,7 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from r1lab.config import ConfigError, ConfigProblems, Problem, apply_overrides, collect_config, override_keys, read_yaml
+import yaml
+
+from r1lab.config import (ConfigError, ConfigProblems, Problem, apply_overrides, collect_config, describe_fields,
+                          override_keys, read_yaml, render_fields, to_dict)
 from r1lab.recipe import RunConfig
 from r1lab.recipe_checks import check_recipe
 from r1lab.stage_configs import STAGE_KINDS
@@ -77,6 +80,8 @@ def check_recipes(items: list[str]) -> None:
     """``r1lab run``'s recipes read and checked with their overrides (``items``: recipes and key=value overrides),
     the problems of all of them in one ``ConfigError``; before anything imports torch."""
     recipes, overrides = split_run_arguments(items)
+    if not recipes:
+        raise ConfigError("r1lab run needs a recipe (a YAML file), e.g. r1lab run recipes/tiny/r1_zero.yaml")
     errors = []
     for recipe in recipes:
         try:
@@ -85,3 +90,26 @@ def check_recipes(items: list[str]) -> None:
             errors.append(str(err))
     if errors:
         raise ConfigError("\n".join(errors))
+
+
+def help_config(kind: str = "") -> str:
+    """``r1lab run --help-config [KIND]``: every recipe key with its type, default and doc; KIND: that stage only."""
+    if kind and kind not in STAGE_KINDS:
+        raise ConfigError(f"--help-config: unknown stage kind '{kind}'; known kinds: {', '.join(STAGE_KINDS)}")
+    parts = []
+    if not kind:
+        parts.append("Run-level keys (top level of a recipe; override as key=value, e.g. eval.k=8):\n"
+                     + render_fields(describe_fields(RunConfig)))
+    for name in [kind] if kind else STAGE_KINDS:
+        parts.append(f"Stage kind '{name}' (keys of a stage with kind: {name}; override as "
+                     f"stages.<stage>.<key>=value):\n" + render_fields(describe_fields(STAGE_KINDS[name])))
+    return "\n\n".join(parts)
+
+
+def resolved_recipe(path: str, overrides: list[str]) -> str:
+    """``r1lab run RECIPE --dry-run``: the recipe as it would run, every field of the run and of each stage with its
+    value (defaults filled in, overrides applied), after every check; as YAML that ``r1lab run`` reads back."""
+    run, stages = load_recipe(path, overrides)
+    resolved = {**to_dict(run), "stages": {name: to_dict(cfg) for name, cfg in stages.items()}}
+    return f"# {path}, resolved ({' '.join(overrides) or 'no overrides'}); nothing was run\n" + yaml.safe_dump(
+        resolved, sort_keys=False, allow_unicode=True)

@@ -204,7 +204,7 @@ def test_version_and_eval_help_describe_themselves():
 
 def test_dry_run_prints_the_resolved_recipe_and_runs_nothing(tmp_path):
     from r1lab.cli import main
-    from r1lab.commands import resolved_recipe
+    from r1lab.recipe_file import resolved_recipe
 
     text = resolved_recipe(str(ROOT / "recipes" / "tiny" / "r1_zero.yaml"),
                            [f"output_dir={tmp_path}", "stages.grpo.steps=7"])
@@ -255,7 +255,11 @@ def test_eval_on_a_run_uses_the_runs_task_template_and_settings(tmp_path):
         eval_settings(parse(["eval", str(tmp_path)]))
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["run", "--help"], ["eval", "--help"]])
+RECIPE = str(ROOT / "recipes" / "tiny" / "r1_zero.yaml")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["run", "--help"], ["eval", "--help"],
+                                  ["run", "--help-config", "grpo"], ["run", RECIPE, "--dry-run", "name=x"]])
 def test_help_and_version_answer_without_importing_torch_or_transformers(argv):
     """What keeps `r1lab --help` near 0.1 s (bench/startup.py measures it): the commands, which need torch, are
     imported only once the command line is parsed."""
@@ -292,3 +296,17 @@ def test_a_stage_warning_is_printed_once(tmp_path, tiny_checkpoint):
                             timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.count("longer than max_length=64 tokens and were dropped") == 1, result.stderr
+
+
+def test_eval_on_a_run_reproduces_the_runs_own_evaluation(tmp_path, tiny_checkpoint):
+    """Same model, task, template, settings, seed and engine as the held-out evaluation after the run's last stage:
+    the same numbers, not ones a little off."""
+    run_dir = tmp_path / "runs" / "bad"
+    assert r1lab("run", grpo_recipe(tmp_path, tiny_checkpoint)).returncode == 0
+    recorded = json.loads((run_dir / "summary.json").read_text())["stages"][-1]["eval"]
+    result = r1lab("eval", run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    evaluated = json.loads(result.stdout)
+    assert "engine auto" in result.stderr
+    assert {key: evaluated[key] for key in ("pass@1", "cons@k", "format_rate", "length_mean")} == {
+        key: recorded[key] for key in ("pass@1", "cons@k", "format_rate", "length_mean")}

@@ -126,7 +126,10 @@ def test_a_damaged_or_unverifiable_cache_entry_is_built_again_with_a_warning(tmp
     reference = sha256(weights)
     assert warnings == [] and model_folder_damage(entry) is None
 
-    assert pretrain(cfg, **kwargs, warn=warnings.append) == entry and warnings == []  # intact: reused
+    notes = []
+    assert pretrain(cfg, **kwargs, warn=warnings.append, note=notes.append) == entry and warnings == []  # reused
+    assert notes == [f"the tiny base model from the cache, {entry} (built before with the same settings; cache: "
+                     f"false, or deleting it, builds it again)"]  # said: the minutes of pretraining are skipped
 
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF

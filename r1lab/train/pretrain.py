@@ -98,7 +98,8 @@ def pretrain(cfg: PretrainConfig, *, task, task_spec: dict, template, template_s
              warn: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None) -> Path:
     """Build (or reuse from the cache) the tiny base model; returns its folder: ``copy_to`` when given (a copy of the
     cache entry, made while the entry is locked), else the cache entry. ``warn``: told when a damaged entry is
-    built again; ``note``: told when this process waits for another one building the same entry."""
+    built again; ``note``: told when the cached entry is reused, or when this process waits for another one building
+    it."""
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     key = cache_key(cfg, task_spec, template_spec, seed)
     cached = cache_root / "tiny-base" / key
@@ -110,8 +111,9 @@ def pretrain(cfg: PretrainConfig, *, task, task_spec: dict, template, template_s
         build = False
         if main:
             damage = model_folder_damage(cached) if cached.exists() else None
-            if cfg.cache and cached.exists() and damage is None:
-                log.info("reusing the cached tiny base model %s", cached)
+            if cfg.cache and cached.exists() and damage is None:  # said on the terminal: minutes of training skipped
+                (note or log.info)(f"the tiny base model from the cache, {cached} (built before with the same "
+                                   f"settings; cache: false, or deleting it, builds it again)")
             else:
                 if cfg.cache and damage is not None:
                     (warn or log.warning)(f"the cached base model {cached} {damage}; building it again")
