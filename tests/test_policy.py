@@ -89,6 +89,25 @@ def test_generators_are_told_once_per_optimizer_step(policy):
     assert told == [1, 2, 3]
 
 
+def test_adamw_is_fused_on_a_cpu_and_steps_as_the_loop_does(policy, tiny_checkpoint):
+    """The fused kernel (one pass per tensor) is the optimizer's; three steps land where torch's loop lands."""
+    policy.configure_optimizer(OptimizerSettings(lr=1e-2, weight_decay=0.1, max_grad_norm=0.0), lambda step: 1.0)
+    assert policy.optimizer.defaults["fused"] is True
+    loop = Policy.load(str(tiny_checkpoint), ModelSettings(), torch.device("cpu"))
+    loop.optimizer = torch.optim.AdamW(loop.model.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
+    batch = toy_batch(policy.tokenizer.pad_token_id)
+    for _ in range(3):
+        for each in (policy, loop):
+            each.optimizer.zero_grad()
+            each.backward(batch, torch.arange(4), token_mean_loss)
+            each.optimizer.step()
+    moved = [(a - b).abs().max().item() for a, b in zip(policy.model.parameters(), loop.model.parameters())]
+    assert max(moved) < 1e-5  # rounding only: each step moves weights by up to lr = 1e-2, checked below
+    assert any((a - b).abs().max() > 1e-3 for a, b in zip(policy.model.parameters(),
+                                                         Policy.load(str(tiny_checkpoint), ModelSettings(),
+                                                                     torch.device("cpu")).model.parameters()))
+
+
 def test_reference_kinds(policy):
     batch = toy_batch(policy.tokenizer.pad_token_id)
     policy.attach_reference(False)  # β = 0: nothing is loaded
