@@ -39,7 +39,7 @@ demo-aha: $(VENV)/.installed
 	$(VENV)/bin/r1lab run recipes/tiny/aha.yaml
 
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m "not slow"
