@@ -3,7 +3,9 @@ model in bf16, side by side in one script on one machine. Run by ``bench/gpu_eng
 code on a small model (CPU or GPU) in seconds, to check the script itself.
 
 Measures: decode time per step at 64 sequences × 1,024 new tokens (and peak memory there), tokens/s with 256
-sequences in flight (32 prompts × 8), and the weight refresh after an optimizer step. The GRPO step of the recipe
+sequences in flight (32 prompts × 8), and the weight refresh after an optimizer step, for r1lab's engine with its
+decode steps in CUDA graphs (``fast``), the same engine without them (``fast_no_graphs``) and transformers' generate;
+and how far the captured steps' greedy completions agree with the uncaptured ones. The GRPO step of the recipe
 with each engine is ``bench/gpu_engine.sh``'s second part. Prints one JSON object; --out writes it.
 """
 
@@ -66,6 +68,22 @@ def decode(engine, prompts: list[str], n: int, new_tokens: int, device) -> dict:
     return result
 
 
+def agreement(graphed, eager, prompt: str, scale: int) -> dict:
+    """Greedy completions of the captured static step against the eager one: the share that are identical and the
+    largest logprob difference over the tokens both sampled at the same place (bf16 kernels of other shapes round
+    differently, so a long greedy completion may part ways after a near tie)."""
+    from r1lab.engine import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=256 // scale)
+    prompts = [prompt.replace("123", str(100 + i)) for i in range(16 // max(1, scale // 4))]
+    a = [g for group in graphed.generate(prompts, 1, params) for g in group]
+    b = [g for group in eager.generate(prompts, 1, params) for g in group]
+    gaps = [abs(x - y) for ga, gb in zip(a, b) for x, y, ta, tb in zip(ga.logprobs, gb.logprobs, ga.completion_ids,
+                                                                       gb.completion_ids) if ta == tb]
+    return {"identical": sum(ga.completion_ids == gb.completion_ids for ga, gb in zip(a, b)), "of": len(a),
+            "max_logprob_gap": round(max(gaps), 5) if gaps else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a small model and short runs (checks the script)")
@@ -81,7 +99,12 @@ def main() -> None:
     prompt = "A conversation between User and Assistant. User: What is 123 + 456? Assistant: <think>"
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
                "shape": "smoke" if args.smoke else "Qwen2.5-0.5B"}
-    engines = {"fast": FastEngine(model, tokenizer), "transformers": TransformersEngine(model, tokenizer)}
+    # fast: r1lab's engine as a recipe gets it (on a GPU: static decode steps captured in CUDA graphs);
+    # fast_no_graphs: the same engine stepping over the live rows eagerly, to show what the graphs bring
+    engines = {"fast": FastEngine(model, tokenizer), "fast_no_graphs": FastEngine(model, tokenizer, static=False),
+               "transformers": TransformersEngine(model, tokenizer)}
+    results["graphs"] = engines["fast"].graphs
+    results["graph_agreement"] = agreement(engines["fast"], engines["fast_no_graphs"], prompt, scale)
     for name, engine in engines.items():
         entry = {"64x1024": decode(engine, [prompt] * (64 // scale), 1, 1024 // scale, device),
                  "256_in_flight": decode(engine, [prompt] * (32 // scale), 8, 256 // scale, device)}
@@ -98,8 +121,9 @@ def main() -> None:
         sync(device)
         times.append(time.perf_counter() - started)
     results["fast"]["weight_refresh_ms"] = round(1000 * min(times), 2)
-    results["ratios"] = {key: round(results["transformers"][key]["ms_per_step"] / results["fast"][key]["ms_per_step"],
-                                    2) for key in ("64x1024", "256_in_flight")}
+    results["ratios"] = {f"transformers_over_{name}_{key}": round(results["transformers"][key]["ms_per_step"]
+                                                               / results[name][key]["ms_per_step"], 2)
+                         for name in ("fast", "fast_no_graphs") for key in ("64x1024", "256_in_flight")}
     emit(results, args.out)
 
 

@@ -273,3 +273,75 @@ def test_progress_is_told_as_completions_finish(tok):
     told.clear()
     TransformersEngine(model, tok, batch_size=8).generate(PROMPTS * 3, 4, params)  # after each batch
     assert told == [(min(done, total), total) for done in range(8, total + 8, 8)]
+
+
+def test_batch_bucket():
+    from r1lab.engine.fast import batch_bucket
+
+    assert [batch_bucket(n, 256) for n in (1, 2, 3, 5, 8, 9, 100, 200, 256)] == [1, 2, 4, 8, 8, 16, 128, 256, 256]
+    assert batch_bucket(5, 6) == 6 and batch_bucket(3, 6) == 4  # the workspace's own size is the last bucket
+    with pytest.raises(ValueError, match="7 sequences do not fit a workspace of 6 slots"):
+        batch_bucket(7, 6)
+
+
+def _buckets_used(engine, monkeypatch) -> list[int]:
+    used = []
+    original = engine._static_step
+    monkeypatch.setattr(engine, "_static_step", lambda ws, bucket: used.append(bucket) or original(ws, bucket))
+    return used
+
+
+@pytest.mark.parametrize("kind", ["eos_prone", "qwen2", "qwen3"])
+def test_static_decode_gives_the_completions_of_the_dynamic_one(tok, kind, monkeypatch):
+    """The static step (fixed batch sizes over the whole cache length, what CUDA graphs replay on a GPU) run on the
+    CPU: the same tokens and logprobs as the step over the live rows and used positions only, through slot refill,
+    the batch shrinking through its buckets, and a slot count (6) that is not a power of two (its own bucket)."""
+    model = _eos_prone(tok) if kind == "eos_prone" else _small(tok, kind)
+    for params in (SamplingParams(temperature=1.0, max_new_tokens=30, seed=5),
+                   SamplingParams(temperature=0.0, max_new_tokens=16)):
+        dynamic = FastEngine(model, tok, max_slots=6, static=False).generate(PROMPTS * 3, 4, params)
+        engine = FastEngine(model, tok, max_slots=6, static=True)
+        used = _buckets_used(engine, monkeypatch)
+        static = engine.generate(PROMPTS * 3, 4, params)
+        assert _ids(static) == _ids(dynamic)
+        for a, b in zip((g for group in static for g in group), (g for group in dynamic for g in group)):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5) and a.truncated == b.truncated
+        assert engine._kept.slots == 6 and used[0] == 6
+        if kind == "eos_prone" and params.temperature > 0:
+            assert len(set(used)) >= 3, sorted(set(used))  # the batch shrank through smaller buckets
+
+
+def test_static_workspace_is_kept_between_calls_and_sees_weight_updates(tok):
+    model = _small(tok, "qwen2")
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=1)
+    engine = FastEngine(model, tok, max_slots=16, static=True)
+    assert not engine.graphs  # a CPU: the static step runs uncaptured
+    first = engine.generate(PROMPTS, 4, params)
+    kept = engine._kept
+    assert kept is not None and kept.slots == 16
+    smaller = engine.generate(PROMPTS[:2], 2, params)  # fits: the same storage, reset in place
+    assert engine._kept is kept
+    assert _ids(smaller) == _ids(FastEngine(model, tok, static=False).generate(PROMPTS[:2], 2, params))
+    with torch.no_grad():  # an optimizer step: the engine's copy is refreshed in place, the workspace stays
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    engine.sync_weights()
+    after = engine.generate(PROMPTS, 4, params)
+    assert engine._kept is kept and _ids(after) != _ids(first)
+    assert _ids(after) == _ids(FastEngine(model, tok, static=False).generate(PROMPTS, 4, params))
+    longer = SamplingParams(temperature=1.0, max_new_tokens=40, seed=1)
+    engine.generate(PROMPTS, 4, longer)  # does not fit: a new workspace
+    assert engine._kept is not kept and engine._kept.max_new == 40
+
+
+def test_a_step_that_cannot_be_captured_runs_uncaptured(tok, caplog):
+    model = _small(tok, "tiny")
+    params = SamplingParams(temperature=1.0, max_new_tokens=10, seed=3)
+    engine = FastEngine(model, tok, static=True)
+    engine.graphs = True  # on a CPU, capture fails (no CUDA): the engine must say so and sample all the same
+    with caplog.at_level(logging.INFO, logger="r1lab"):
+        out = engine.generate(PROMPTS, 2, params)
+    assert "the decode step could not be captured in a CUDA graph" in caplog.text and not engine.graphs
+    assert _ids(out) == _ids(FastEngine(model, tok, static=False).generate(PROMPTS, 2, params))
+    with pytest.raises(ValueError, match="static decoding needs the compact forward"):
+        FastEngine(_gpt2(tok), tok, static=True)

@@ -13,6 +13,9 @@ be installed everywhere. This one is plain PyTorch and reads the Hugging Face mo
   ends (EOS or ``max_new_tokens``) its slot takes the next queued one, and once the queue is empty the live slots
   are moved to the front so that the batch shrinks with them (a few long completions do not keep the batch busy).
 * **Shared prefill**: each prompt runs through the model once; its cache rows are copied into each of its n slots.
+* **Static steps and CUDA graphs** (on a GPU): the decode step runs at a few fixed batch sizes (powers of two) over
+  the whole cache length, the mask hiding what a slot must not see, in a workspace kept between calls; each batch
+  size's step is captured once in a CUDA graph and replayed, one launch instead of hundreds of small kernels.
 * **Sampling**: temperature, top-k, top-p in transformers' order and with its tie rules, then one uniform number
   per (seed, sequence, token index) drawn by a counter-based hash, so a completion does not depend on which slot it
   ran in or what ran beside it: the same seed gives the same completions with any number of slots. The logprob of
@@ -135,6 +138,7 @@ class CompactModel:
         self.q_width = self.num_heads * self.head_dim
         self.kv_width = self.num_kv_heads * self.head_dim
         self.weights: dict[str, torch.Tensor | None] = {}
+        self.layout = 0  # bumped when ``refresh`` has to allocate a buffer anew (a captured graph holds the old one)
         self.packed: dict[str, torch.Tensor] = {}  # MKL-packed matrices for products with `packed_rows` rows
         self.packed_rows: int | None = None
         self.num_layers = len(lm.model.layers)
@@ -181,6 +185,7 @@ class CompactModel:
             buffer = self.weights.get(name)
             if buffer is None or buffer.shape != tensor.shape:
                 self.weights[name] = tensor.to(self.device, self.dtype, copy=True).contiguous()
+                self.layout += 1
             else:
                 buffer.copy_(tensor)
         self.packed, self.packed_rows = {}, None
@@ -349,6 +354,7 @@ class HFSlotModel:
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.packed_rows = None
+        self.layout = 0  # the live model's weights: no copy whose storage could move
         # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns until 5.40)
         parameters = inspect.signature(lm.forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
@@ -476,18 +482,74 @@ class _Prompts:
     logits: torch.Tensor  # (P, V)
 
 
+def batch_bucket(live: int, capacity: int) -> int:
+    """The batch size a static decode step runs ``live`` sequences at: the next power of two, at most ``capacity``
+    (the workspace's slots, itself a bucket: ``batch_bucket(slots, max_slots)``)."""
+    if not 1 <= live <= capacity:
+        raise ValueError(f"{live} sequences do not fit a workspace of {capacity} slots")
+    return min(1 << (live - 1).bit_length(), capacity)
+
+
+class _Workspace:
+    """The tensors one call decodes in: per layer a key and a value cache (slots, kv heads, length, head dim), per
+    slot its outputs and state. A static engine keeps it between calls that fit (its storage never moves, so the
+    CUDA graphs captured over it stay valid) along with those graphs, one per batch bucket."""
+
+    def __init__(self, compact, slots: int, length: int, max_new: int):
+        device, shape = compact.device, (slots, compact.num_kv_heads, length, compact.head_dim)
+        self.slots, self.length, self.max_new = slots, length, max_new
+        self.keys = [torch.zeros(shape, device=device, dtype=compact.dtype) for _ in range(compact.num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=compact.dtype) for _ in range(compact.num_layers)]
+        self.out_tokens = torch.zeros(slots, max_new, dtype=torch.long, device=device)
+        self.out_logprobs = torch.zeros(slots, max_new, dtype=torch.float32, device=device)
+        # per slot: the sequence it holds, the last token, its position, tokens generated so far, ended
+        self.sequence = torch.zeros(slots, dtype=torch.long, device=device)
+        self.last = torch.zeros(slots, dtype=torch.long, device=device)
+        self.position = torch.zeros(slots, dtype=torch.long, device=device)
+        self.count = torch.zeros(slots, dtype=torch.long, device=device)
+        self.done = torch.ones(slots, dtype=torch.bool, device=device)
+        self.graphs: dict[int, tuple] = {}  # batch bucket -> (captured graph, its logits tensor)
+        self.layout = compact.layout  # the weight storage the graphs were captured over
+        self.pool = None  # the graphs' shared memory pool
+
+    def fits(self, slots: int, length: int, max_new: int) -> bool:
+        return slots <= self.slots and length <= self.length and max_new <= self.max_new
+
+    def state(self) -> tuple[torch.Tensor, ...]:
+        return self.sequence, self.last, self.position, self.count, self.done
+
+    def reset(self) -> None:
+        """Ready for the next call, in place. Zeros, not stale values: a masked position still multiplies its value
+        by 0, and 0 × NaN left by an earlier call is NaN."""
+        for tensor in (*self.keys, *self.values, self.out_tokens, self.out_logprobs, *self.state()):
+            tensor.zero_()
+        self.done.fill_(True)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
 class FastEngine:
     """Samples prompts × n sequences through ``max_slots`` cache slots, with the compact forward or the model's own.
 
     ``dtype``: compute dtype (None: the model's; e.g. ``torch.bfloat16`` on a GPU with fp32 master weights).
     ``prefill_batch``: prompts per prefill. ``check_every``: decode steps between the host's looks at which sequences
     ended (1 on a CPU, where the look costs nothing; more on a GPU, where it waits for the device).
+    ``static``: decode at fixed batch sizes (powers of two) over the whole cache length, with the mask hiding what a
+    slot must not see, so that every step of a batch size runs the same kernels on the same storage; on a GPU each
+    batch size's step is captured once in a CUDA graph and replayed (one launch instead of hundreds). None: on for
+    the compact forward on a GPU, off otherwise (on a CPU it only adds work: the attention over unused positions).
     """
 
     name = "fast"
 
+    # a workspace (KV cache) kept between calls takes at most this share of the GPU's memory; a larger one is freed
+    # at the end of each call, so that the training step that follows has the memory
+    KEEP_WORKSPACE_SHARE = 0.1
+
     def __init__(self, model, tokenizer, *, max_slots: int = 256, dtype: torch.dtype | None = None,
-                 prefill_batch: int = 32, check_every: int | None = None, forward: str = "auto"):
+                 prefill_batch: int = 32, check_every: int | None = None, forward: str = "auto",
+                 static: bool | None = None):
         self.model = model
         self.tokenizer = tokenizer
         # ``forward``: "compact" (r1lab's, for the families it knows), "hf" (the model's own over the same slots) or
@@ -501,6 +563,76 @@ class FastEngine:
         self.max_slots = max_slots
         self.prefill_batch = prefill_batch
         self.check_every = check_every or (1 if self.compact.device.type == "cpu" else 8)
+        is_compact = isinstance(self.compact, CompactModel)
+        if static and not is_compact:
+            raise ValueError("static decoding needs the compact forward (forward='compact')")
+        self.static = (self.compact.device.type == "cuda" and is_compact) if static is None else static
+        self.graphs = self.static and self.compact.device.type == "cuda"
+        self._kept: _Workspace | None = None  # a static engine's workspace, kept between calls
+
+    def _workspace(self, slots: int, length: int, max_new: int) -> _Workspace:
+        """A workspace for ``slots`` sequences of ``length`` positions: a new one of that size, or for a static
+        engine the kept one when the call fits it (reset in place), else a new one rounded up to a batch bucket
+        whose graphs are captured as the batch sizes come."""
+        if not self.static:
+            return _Workspace(self.compact, slots, length, max_new)
+        kept = self._kept
+        if kept is not None and kept.fits(slots, length, max_new) and kept.layout == self.compact.layout:
+            kept.reset()
+            return kept
+        self._kept = None  # free the old cache and graphs before the new ones are allocated
+        return _Workspace(self.compact, batch_bucket(slots, self.max_slots), length, max_new)
+
+    def _keep(self, workspace: _Workspace) -> None:
+        """After a static call: keep the workspace (and its graphs) for the next call if it is small enough."""
+        device = self.compact.device
+        limit = (torch.cuda.get_device_properties(device).total_memory * self.KEEP_WORKSPACE_SHARE
+                 if device.type == "cuda" else float("inf"))
+        self._kept = workspace if workspace.nbytes() <= limit else None
+
+    def _decode(self, ws: _Workspace, live: int, horizon: int, length: int) -> torch.Tensor:
+        """Logits (live, V) of one decode step of the first ``live`` slots."""
+        compact = self.compact
+        if not self.static:  # only the positions in use and only the live rows
+            return compact.decode(ws.last[:live], ws.position[:live].clamp(max=length - 1), ws.keys, ws.values,
+                                  min(horizon + 1, length))
+        bucket = batch_bucket(live, ws.slots)
+        if self.graphs and bucket not in ws.graphs:
+            ws.graphs[bucket] = self._capture(ws, bucket)
+        captured = ws.graphs.get(bucket) if self.graphs else None
+        if captured is not None:
+            graph, logits = captured
+            graph.replay()
+            return logits[:live]
+        return self._static_step(ws, bucket)[:live]
+
+    def _static_step(self, ws: _Workspace, bucket: int) -> torch.Tensor:
+        # rows past `live` belong to free slots: what they write there is never read
+        return self.compact.decode(ws.last[:bucket], ws.position[:bucket].clamp(max=ws.length - 1), ws.keys,
+                                   ws.values, ws.length)
+
+    def _capture(self, ws: _Workspace, bucket: int):
+        """The decode step at ``bucket`` rows captured in a CUDA graph, or None (it then runs uncaptured) if capture
+        fails. Running the step before capturing is harmless: a step writes the keys and values it would write
+        anyway, from the same inputs."""
+        device = self.compact.device
+        try:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):  # warm-up on a side stream, as capture wants (cuBLAS workspaces, allocator)
+                self._static_step(ws, bucket)
+            torch.cuda.current_stream(device).wait_stream(side)
+            if ws.pool is None:
+                ws.pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=ws.pool):
+                logits = self._static_step(ws, bucket)
+            return graph, logits
+        except Exception as error:  # noqa: BLE001 - any failure to capture: run the same step uncaptured, say why
+            log.info(f"engine fast: the decode step could not be captured in a CUDA graph ({type(error).__name__}: "
+                     f"{error}); it runs without graphs")
+            self.graphs = False
+            return None
 
     def sync_weights(self) -> None:
         """After an optimizer step: the engine's copy is refreshed (in place) before it next samples."""
@@ -553,18 +685,9 @@ class FastEngine:
         # the random number of every (sequence, token index), drawn once
         numbers = uniforms(params.seed, params.first_sequence + torch.arange(total, device=device)[:, None],
                            torch.arange(max_new, device=device)[None, :]) if params.temperature > 0 else None
-        cache_shape = (slots, compact.num_kv_heads, length, compact.head_dim)
-        # zeros, not empty: a masked position still multiplies its value by 0, and 0 × NaN from stale memory is NaN
-        keys = [torch.zeros(cache_shape, device=device, dtype=compact.dtype) for _ in range(compact.num_layers)]
-        values = [torch.zeros(cache_shape, device=device, dtype=compact.dtype) for _ in range(compact.num_layers)]
-        out_tokens = torch.zeros(slots, max_new, dtype=torch.long, device=device)
-        out_logprobs = torch.zeros(slots, max_new, dtype=torch.float32, device=device)
-        # per slot, on the device: the sequence it holds, the last token, its position, tokens generated so far
-        sequence = torch.zeros(slots, dtype=torch.long, device=device)
-        last = torch.zeros(slots, dtype=torch.long, device=device)
-        position = torch.zeros(slots, dtype=torch.long, device=device)
-        count = torch.zeros(slots, dtype=torch.long, device=device)
-        done = torch.ones(slots, dtype=torch.bool, device=device)
+        ws = self._workspace(slots, length, max_new)
+        keys, values, out_tokens, out_logprobs = ws.keys, ws.values, ws.out_tokens, ws.out_logprobs
+        sequence, last, position, count, done = ws.state()
         held = [-1] * slots  # host copy of `sequence` (-1: free)
         results: list[Generation | None] = [None] * total
         progress = [0]  # sequences finished so far, reported through params.progress
@@ -637,8 +760,7 @@ class FastEngine:
                 else:
                     live, horizon = self._compact(held, live, keys, values, out_tokens, out_logprobs,
                                                   (sequence, last, position, count, done), horizon)
-            logits = compact.decode(last[:live], position[:live].clamp(max=length - 1), keys, values,
-                                    min(horizon + 1, length))
+            logits = self._decode(ws, live, horizon, length)
             column = count[:live].clamp(max=max_new - 1)
             token, logprob = sample_next(logits, params,
                                          numbers[sequence[:live], column] if numbers is not None else None)
@@ -652,6 +774,8 @@ class FastEngine:
             done[:live] |= active & ((token == eos_id) | (count[:live] >= max_new))
             horizon = min(horizon + 1, length)
             steps += 1
+        if self.static:
+            self._keep(ws)
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     @staticmethod
