@@ -275,19 +275,31 @@ def test_progress_is_told_as_completions_finish(tok):
     assert told == [(min(done, total), total) for done in range(8, total + 8, 8)]
 
 
-def test_batch_bucket():
-    from r1lab.engine.fast import batch_bucket
+def test_batch_and_span_buckets():
+    from r1lab.engine.fast import batch_bucket, span_bucket
 
+    assert [span_bucket(n, 1100) for n in (1, 64, 65, 300, 1024, 1025, 1100)] == [64, 64, 128, 512, 1024, 1100, 1100]
+    assert span_bucket(5, 40, smallest=8) == 8 and span_bucket(30, 40, smallest=8) == 32
     assert [batch_bucket(n, 256) for n in (1, 2, 3, 5, 8, 9, 100, 200, 256)] == [1, 2, 4, 8, 8, 16, 128, 256, 256]
     assert batch_bucket(5, 6) == 6 and batch_bucket(3, 6) == 4  # the workspace's own size is the last bucket
     with pytest.raises(ValueError, match="7 sequences do not fit a workspace of 6 slots"):
         batch_bucket(7, 6)
 
 
-def _buckets_used(engine, monkeypatch) -> list[int]:
+def test_static_steps_by_default_on_a_gpu_only(monkeypatch):
+    from r1lab.engine.fast import static_by_default
+
+    assert static_by_default("cuda", True) and not static_by_default("cpu", True)
+    assert not static_by_default("cuda", False)  # the model's own forward: no graphs
+    monkeypatch.setenv("R1LAB_CUDA_GRAPHS", "0")
+    assert not static_by_default("cuda", True)
+
+
+def _shapes_used(engine, monkeypatch) -> list[tuple[int, int]]:
     used = []
     original = engine._static_step
-    monkeypatch.setattr(engine, "_static_step", lambda ws, bucket: used.append(bucket) or original(ws, bucket))
+    monkeypatch.setattr(engine, "_static_step",
+                        lambda ws, bucket, span: used.append((bucket, span)) or original(ws, bucket, span))
     return used
 
 
@@ -295,20 +307,24 @@ def _buckets_used(engine, monkeypatch) -> list[int]:
 def test_static_decode_gives_the_completions_of_the_dynamic_one(tok, kind, monkeypatch):
     """The static step (fixed batch sizes over the whole cache length, what CUDA graphs replay on a GPU) run on the
     CPU: the same tokens and logprobs as the step over the live rows and used positions only, through slot refill,
-    the batch shrinking through its buckets, and a slot count (6) that is not a power of two (its own bucket)."""
+    the batch shrinking through its buckets, the attention span growing through its own, and a slot count (6) that
+    is not a power of two (its own bucket)."""
     model = _eos_prone(tok) if kind == "eos_prone" else _small(tok, kind)
     for params in (SamplingParams(temperature=1.0, max_new_tokens=30, seed=5),
                    SamplingParams(temperature=0.0, max_new_tokens=16)):
         dynamic = FastEngine(model, tok, max_slots=6, static=False).generate(PROMPTS * 3, 4, params)
         engine = FastEngine(model, tok, max_slots=6, static=True)
-        used = _buckets_used(engine, monkeypatch)
+        engine.SMALLEST_SPAN = 8  # these sequences are short: spans of 8, 16, 32 and the whole cache
+        used = _shapes_used(engine, monkeypatch)
         static = engine.generate(PROMPTS * 3, 4, params)
         assert _ids(static) == _ids(dynamic)
         for a, b in zip((g for group in static for g in group), (g for group in dynamic for g in group)):
             assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5) and a.truncated == b.truncated
-        assert engine._kept.slots == 6 and used[0] == 6
+        batches, spans = [b for b, _ in used], [s for _, s in used]
+        assert engine._kept.slots == 6 and batches[0] == 6
+        assert spans == sorted(spans) and len(set(spans)) >= 2 and spans[-1] <= engine._kept.length, sorted(set(spans))
         if kind == "eos_prone" and params.temperature > 0:
-            assert len(set(used)) >= 3, sorted(set(used))  # the batch shrank through smaller buckets
+            assert len(set(batches)) >= 3, sorted(set(batches))  # the batch shrank through smaller buckets
 
 
 def test_static_workspace_is_kept_between_calls_and_sees_weight_updates(tok):

@@ -13,9 +13,9 @@ be installed everywhere. This one is plain PyTorch and reads the Hugging Face mo
   ends (EOS or ``max_new_tokens``) its slot takes the next queued one, and once the queue is empty the live slots
   are moved to the front so that the batch shrinks with them (a few long completions do not keep the batch busy).
 * **Shared prefill**: each prompt runs through the model once; its cache rows are copied into each of its n slots.
-* **Static steps and CUDA graphs** (on a GPU): the decode step runs at a few fixed batch sizes (powers of two) over
-  the whole cache length, the mask hiding what a slot must not see, in a workspace kept between calls; each batch
-  size's step is captured once in a CUDA graph and replayed, one launch instead of hundreds of small kernels.
+* **Static steps and CUDA graphs** (on a GPU): the decode step runs at a few fixed batch sizes and attention spans
+  (powers of two), the mask hiding what a slot must not see, in a workspace kept between calls; each (batch, span)
+  step is captured once in a CUDA graph and replayed, one launch instead of hundreds of small kernels.
 * **Sampling**: temperature, top-k, top-p in transformers' order and with its tie rules, then one uniform number
   per (seed, sequence, token index) drawn by a counter-based hash, so a completion does not depend on which slot it
   ran in or what ran beside it: the same seed gives the same completions with any number of slots. The logprob of
@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -482,6 +483,12 @@ class _Prompts:
     logits: torch.Tensor  # (P, V)
 
 
+def static_by_default(device_type: str, compact: bool) -> bool:
+    """Whether an engine decodes in static steps (CUDA graphs) unless told: with the compact forward on a GPU,
+    unless the environment says ``R1LAB_CUDA_GRAPHS=0`` (to rule the graphs out when looking for a bug)."""
+    return device_type == "cuda" and compact and os.environ.get("R1LAB_CUDA_GRAPHS", "1") != "0"
+
+
 def batch_bucket(live: int, capacity: int) -> int:
     """The batch size a static decode step runs ``live`` sequences at: the next power of two, at most ``capacity``
     (the workspace's slots, itself a bucket: ``batch_bucket(slots, max_slots)``)."""
@@ -490,10 +497,17 @@ def batch_bucket(live: int, capacity: int) -> int:
     return min(1 << (live - 1).bit_length(), capacity)
 
 
+def span_bucket(needed: int, length: int, smallest: int = 64) -> int:
+    """The number of cache positions a static decode step attends over when the slots need ``needed``: the next
+    power of two (at least ``smallest``), at most the cache ``length``. Attending over the whole length from the
+    first step would read up to twice the cache a long generation needs; one graph per span keeps it below that."""
+    return min(max(smallest, 1 << (needed - 1).bit_length()), length)
+
+
 class _Workspace:
     """The tensors one call decodes in: per layer a key and a value cache (slots, kv heads, length, head dim), per
     slot its outputs and state. A static engine keeps it between calls that fit (its storage never moves, so the
-    CUDA graphs captured over it stay valid) along with those graphs, one per batch bucket."""
+    CUDA graphs captured over it stay valid) along with those graphs, one per (batch, span) bucket."""
 
     def __init__(self, compact, slots: int, length: int, max_new: int):
         device, shape = compact.device, (slots, compact.num_kv_heads, length, compact.head_dim)
@@ -508,7 +522,8 @@ class _Workspace:
         self.position = torch.zeros(slots, dtype=torch.long, device=device)
         self.count = torch.zeros(slots, dtype=torch.long, device=device)
         self.done = torch.ones(slots, dtype=torch.bool, device=device)
-        self.graphs: dict[int, tuple] = {}  # batch bucket -> (captured graph, its logits tensor)
+        self.logits: torch.Tensor | None = None  # a static engine's fp32 logits: the one buffer every graph fills
+        self.graphs: dict[tuple[int, int], object] = {}  # (batch, span) -> its CUDA graph (None: not capturable)
         self.layout = compact.layout  # the weight storage the graphs were captured over
         self.pool = None  # the graphs' shared memory pool
 
@@ -535,11 +550,14 @@ class FastEngine:
     ``dtype``: compute dtype (None: the model's; e.g. ``torch.bfloat16`` on a GPU with fp32 master weights).
     ``prefill_batch``: prompts per prefill. ``check_every``: decode steps between the host's looks at which sequences
     ended (1 on a CPU, where the look costs nothing; more on a GPU, where it waits for the device).
-    ``static``: decode at fixed batch sizes (powers of two) over the whole cache length, with the mask hiding what a
-    slot must not see, so that every step of a batch size runs the same kernels on the same storage; on a GPU each
-    batch size's step is captured once in a CUDA graph and replayed (one launch instead of hundreds). None: on for
-    the compact forward on a GPU, off otherwise (on a CPU it only adds work: the attention over unused positions).
+    ``static``: decode at fixed batch sizes and attention spans (powers of two, ``batch_bucket`` and ``span_bucket``),
+    with the mask hiding what a slot must not see, so that every step of one (batch, span) runs the same kernels on
+    the same storage; on a GPU each is captured once in a CUDA graph and replayed (one launch instead of hundreds).
+    None: on for the compact forward on a GPU, off otherwise (on a CPU it only adds work: rows and positions that
+    are not in use).
     """
+
+    SMALLEST_SPAN = 64  # the shortest attention span a static step is captured for
 
     name = "fast"
 
@@ -566,7 +584,7 @@ class FastEngine:
         is_compact = isinstance(self.compact, CompactModel)
         if static and not is_compact:
             raise ValueError("static decoding needs the compact forward (forward='compact')")
-        self.static = (self.compact.device.type == "cuda" and is_compact) if static is None else static
+        self.static = static_by_default(self.compact.device.type, is_compact) if static is None else static
         self.graphs = self.static and self.compact.device.type == "cuda"
         self._kept: _Workspace | None = None  # a static engine's workspace, kept between calls
 
@@ -581,7 +599,9 @@ class FastEngine:
             kept.reset()
             return kept
         self._kept = None  # free the old cache and graphs before the new ones are allocated
-        return _Workspace(self.compact, batch_bucket(slots, self.max_slots), length, max_new)
+        ws = _Workspace(self.compact, batch_bucket(slots, self.max_slots), length, max_new)
+        ws.logits = torch.empty(ws.slots, self.compact.weights["head"].shape[0], device=self.compact.device)
+        return ws
 
     def _keep(self, workspace: _Workspace) -> None:
         """After a static call: keep the workspace (and its graphs) for the next call if it is small enough."""
@@ -596,38 +616,40 @@ class FastEngine:
         if not self.static:  # only the positions in use and only the live rows
             return compact.decode(ws.last[:live], ws.position[:live].clamp(max=length - 1), ws.keys, ws.values,
                                   min(horizon + 1, length))
-        bucket = batch_bucket(live, ws.slots)
-        if self.graphs and bucket not in ws.graphs:
-            ws.graphs[bucket] = self._capture(ws, bucket)
-        captured = ws.graphs.get(bucket) if self.graphs else None
+        # `horizon` is at least every live slot's position: the span covers what any of them sees
+        shape = (batch_bucket(live, ws.slots), span_bucket(horizon + 1, ws.length, self.SMALLEST_SPAN))
+        if self.graphs and shape not in ws.graphs:
+            ws.graphs[shape] = self._capture(ws, *shape)
+        captured = ws.graphs.get(shape) if self.graphs else None
         if captured is not None:
-            graph, logits = captured
-            graph.replay()
-            return logits[:live]
-        return self._static_step(ws, bucket)[:live]
+            captured.replay()
+            return ws.logits[:live]
+        return self._static_step(ws, *shape)[:live]
 
-    def _static_step(self, ws: _Workspace, bucket: int) -> torch.Tensor:
+    def _static_step(self, ws: _Workspace, bucket: int, span: int) -> torch.Tensor:
         # rows past `live` belong to free slots: what they write there is never read
-        return self.compact.decode(ws.last[:bucket], ws.position[:bucket].clamp(max=ws.length - 1), ws.keys,
-                                   ws.values, ws.length)
+        logits = self.compact.decode(ws.last[:bucket], ws.position[:bucket].clamp(max=ws.length - 1), ws.keys,
+                                     ws.values, span)
+        # into the one shared buffer, so that the graphs do not each keep a (batch, vocabulary) output alive
+        return ws.logits[:bucket].copy_(logits)
 
-    def _capture(self, ws: _Workspace, bucket: int):
-        """The decode step at ``bucket`` rows captured in a CUDA graph, or None (it then runs uncaptured) if capture
-        fails. Running the step before capturing is harmless: a step writes the keys and values it would write
-        anyway, from the same inputs."""
+    def _capture(self, ws: _Workspace, bucket: int, span: int):
+        """The decode step at ``bucket`` rows over ``span`` positions captured in a CUDA graph (it writes the logits
+        into ``ws.logits``), or None (it then runs uncaptured) if capture fails. Running the step before capturing is
+        harmless: a step writes the keys and values it would write anyway, from the same inputs."""
         device = self.compact.device
         try:
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):  # warm-up on a side stream, as capture wants (cuBLAS workspaces, allocator)
-                self._static_step(ws, bucket)
+                self._static_step(ws, bucket, span)
             torch.cuda.current_stream(device).wait_stream(side)
             if ws.pool is None:
                 ws.pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=ws.pool):
-                logits = self._static_step(ws, bucket)
-            return graph, logits
+                self._static_step(ws, bucket, span)
+            return graph
         except Exception as error:  # noqa: BLE001 - any failure to capture: run the same step uncaptured, say why
             log.info(f"engine fast: the decode step could not be captured in a CUDA graph ({type(error).__name__}: "
                      f"{error}); it runs without graphs")
