@@ -346,8 +346,11 @@ def test_static_workspace_is_kept_between_calls_and_sees_weight_updates(tok):
     assert engine._kept is kept and _ids(after) != _ids(first)
     assert _ids(after) == _ids(FastEngine(model, tok, static=False).generate(PROMPTS, 4, params))
     longer = SamplingParams(temperature=1.0, max_new_tokens=40, seed=1)
-    engine.generate(PROMPTS, 4, longer)  # does not fit: a new workspace
-    assert engine._kept is not kept and engine._kept.max_new == 40
+    engine.generate(PROMPTS[:1], 2, longer)  # does not fit: a new workspace, large enough for both kinds of call
+    union = engine._kept
+    assert union is not kept and (union.slots, union.max_new) == (16, 40) and union.length >= kept.length
+    again = engine.generate(PROMPTS, 4, params)  # the first kind of call again: no new workspace
+    assert engine._kept is union and _ids(again) == _ids(after)
 
 
 def test_a_step_that_cannot_be_captured_runs_uncaptured(tok, caplog):

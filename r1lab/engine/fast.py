@@ -590,16 +590,20 @@ class FastEngine:
 
     def _workspace(self, slots: int, length: int, max_new: int) -> _Workspace:
         """A workspace for ``slots`` sequences of ``length`` positions: a new one of that size, or for a static
-        engine the kept one when the call fits it (reset in place), else a new one rounded up to a batch bucket
-        whose graphs are captured as the batch sizes come."""
+        engine the kept one when the call fits it (reset in place), else a new one rounded up to a batch bucket and
+        large enough for the kept one's calls too (alternating shapes settle on one workspace), whose graphs are
+        captured as the shapes come."""
         if not self.static:
             return _Workspace(self.compact, slots, length, max_new)
         kept = self._kept
         if kept is not None and kept.fits(slots, length, max_new) and kept.layout == self.compact.layout:
             kept.reset()
             return kept
-        self._kept = None  # free the old cache and graphs before the new ones are allocated
-        ws = _Workspace(self.compact, batch_bucket(slots, self.max_slots), length, max_new)
+        slots = batch_bucket(slots, self.max_slots)
+        if kept is not None:  # large enough for both calls, so that calls of two shapes (rollouts, evaluations)
+            slots, length, max_new = max(slots, kept.slots), max(length, kept.length), max(max_new, kept.max_new)
+        self._kept = kept = None  # free the old cache and graphs before the new ones are allocated
+        ws = _Workspace(self.compact, slots, length, max_new)
         ws.logits = torch.empty(ws.slots, self.compact.weights["head"].shape[0], device=self.compact.device)
         return ws
 
