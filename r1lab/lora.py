@@ -12,11 +12,13 @@ The merge lives in ``r1lab.models`` (this module builds on it), so saving any po
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 import torch
 
-from r1lab.models import is_lora_model, load_model, load_tokenizer, resolve_dtype
+from r1lab.models import enable_activation_checkpointing, is_lora_model, load_model, load_tokenizer, resolve_dtype
 # The merge is in r1lab.models so that save_weights needs no import of this module; still reachable from here.
 from r1lab.models import merged_state_dict, save_merged  # noqa: F401
 from r1lab.recipe import DEFAULT_TARGETS, LoraConfig  # noqa: F401 (the config is read with the recipe, torch-free)
@@ -37,21 +39,35 @@ def load_lora_policy(run, init_checkpoint: str, checkpoint_dir: str | Path | Non
     peft = _peft()
     if cfg.load_in_4bit:
         base, tokenizer = _load_4bit(init_checkpoint, run.dtype, device)
-        base = peft.prepare_model_for_kbit_training(
-            base, use_gradient_checkpointing=run.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        with _without_transformers_renames():
+            base = peft.prepare_model_for_kbit_training(
+                base, use_gradient_checkpointing=run.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         base, tokenizer = load_model(init_checkpoint, dtype=run.dtype, device=device)
         if run.gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(base)
     adapter = Path(checkpoint_dir) / "adapter" if checkpoint_dir is not None else None
-    if adapter is not None and (adapter / "adapter_config.json").is_file():
-        model = peft.PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
-    else:
-        targets = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
-        model = peft.get_peft_model(base, peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                                          target_modules=targets, task_type="CAUSAL_LM"))
+    with _without_transformers_renames():
+        if adapter is not None and (adapter / "adapter_config.json").is_file():
+            model = peft.PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
+        else:
+            targets = "all-linear" if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
+            model = peft.get_peft_model(base, peft.LoraConfig(
+                r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                task_type="CAUSAL_LM"))
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _without_transformers_renames():
+    """peft still calls transformers' old names for activation checkpointing (``is_gradient_checkpointing``,
+    ``gradient_checkpointing_enable``), which warn on every LoRA run with nothing for the user to change: silenced
+    here, and only these."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing(_enable)?` is deprecated",
+                                category=FutureWarning)
+        yield
 
 
 def _load_4bit(path: str, dtype: str, device: torch.device):

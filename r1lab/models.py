@@ -167,6 +167,16 @@ def load_model(name_or_path: str, *, dtype: str = "float32", device: str | torch
     return model.to(device), tokenizer
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in the backward pass (non-reentrant checkpoints). transformers 5
+    named this ``activation_checkpointing_enable`` (the old ``gradient_checkpointing_enable`` warns until v6 removes
+    it); older versions have only the old name."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def save_model(model, tokenizer, path: str | Path, *, extra: dict | None = None) -> Path:
     """Save in Hugging Face format, atomically: write to a temporary sibling folder, then rename."""
     with atomic_dir(path) as tmp:

@@ -29,7 +29,7 @@ from r1lab.dist import all_reduce_gradients, all_reduce_sum, broadcast_parameter
 from r1lab.fsdp import full_optimizer_state, full_state_dict, is_sharded, load_full_optimizer_state, shard_model
 from r1lab.lora import is_lora_model, load_lora_policy
 from r1lab.logprobs import Batch, completion_logprobs
-from r1lab.models import load_model, save_model, save_weights, write_tokenizer
+from r1lab.models import enable_activation_checkpointing, load_model, save_model, save_weights, write_tokenizer
 
 LossFn = Callable[[torch.Tensor, Batch, torch.Tensor], "tuple[torch.Tensor, dict]"]
 
@@ -143,7 +143,7 @@ class Policy:
             source = str(resume_from) if has_weights else init_checkpoint
             model, tokenizer = load_model(source, dtype=settings.dtype, device=device)
             if settings.gradient_checkpointing:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                enable_activation_checkpointing(model)
         return cls(model, tokenizer, device, init_checkpoint=init_checkpoint, settings=settings, resume=resume)
 
     @property

@@ -165,3 +165,29 @@ def test_every_lora_field_has_a_doc():
     from r1lab.config import field_docs
 
     assert all(text.strip() for text in field_docs(LoraConfig).values())
+
+
+def test_activation_checkpointing_is_on_and_says_no_deprecation(qwen2, tmp_path):
+    """Activation checkpointing through transformers' current name (the old one warns until v6), with LoRA too
+    (peft still calls the old names: silenced), gradients as without it."""
+    import warnings
+
+    from r1lab.policy import ModelSettings, Policy
+
+    cpu = torch.device("cpu")
+    plain = Policy.load(str(qwen2), ModelSettings(), cpu).model
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        checkpointed = Policy.load(str(qwen2), ModelSettings(gradient_checkpointing=True), cpu).model
+        run = lora_run(qwen2)
+        run.gradient_checkpointing = True
+        lora_model, tokenizer = load_lora_policy(run, str(qwen2), None, cpu)
+    assert not [w for w in caught if "checkpointing" in str(w.message)], [str(w.message) for w in caught]
+    assert checkpointed.is_activation_checkpointing and not plain.is_activation_checkpointing
+    assert lora_model.get_base_model().is_activation_checkpointing
+    batch = batch_for(tokenizer)
+    for model in (plain, checkpointed):
+        model.train()
+        completion_logprobs(model, batch)[0].sum().backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
