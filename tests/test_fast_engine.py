@@ -195,6 +195,26 @@ def test_weights_are_refreshed_only_when_told(tok):
                                                                                                     params))
 
 
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_a_refresh_copies_into_the_same_storage_what_a_fresh_copy_holds(tok, kind):
+    """After an optimizer step the engine's buffers hold exactly what a new engine would arrange (fused q/k/v with
+    rope-paired rows and biases, Qwen3's q/k norms, fused gate/up), at the same addresses (CUDA graphs read them)."""
+    model = _small(tok, kind)
+    compact = CompactModel(model)
+    addresses = {name: w.data_ptr() for name, w in compact.weights.items() if w is not None}
+    layout = compact.layout
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    compact.refresh()
+    fresh = CompactModel(model)
+    assert compact.layout == layout
+    assert {name: w.data_ptr() for name, w in compact.weights.items() if w is not None} == addresses
+    assert compact.weights.keys() == fresh.weights.keys()
+    for name, w in fresh.weights.items():
+        assert (w is None and compact.weights[name] is None) or torch.equal(compact.weights[name], w), name
+
+
 def _gpt2(tok):
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -104,13 +104,14 @@ def _linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight, (base.bias.detach() if base.bias is not None else None)
 
 
-def _rope_pairs(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """Reorder the output rows of a q or k projection (or a per-head norm weight) so that the dims rotated together
-    by transformers' rope (i and i + D/2 of each head) sit side by side: rope becomes one complex multiplication.
-    q and k get the same order, so every attention score is unchanged."""
+def _copy_rope_pairs(out: torch.Tensor, weight: torch.Tensor, heads: int) -> None:
+    """Copy the output rows of a q or k projection (or a bias, or a per-head norm weight) into ``out`` reordered so
+    that the dims rotated together by transformers' rope (i and i + D/2 of each head) sit side by side: rope becomes
+    one complex multiplication. q and k get the same order, so every attention score is unchanged. One strided copy,
+    no temporary: new row (h, 2i + b) is old row (h, b·D/2 + i)."""
     head_dim = weight.shape[0] // heads
-    order = torch.arange(head_dim, device=weight.device).view(2, head_dim // 2).t().reshape(-1)
-    return weight.view(heads, head_dim, *weight.shape[1:])[:, order].reshape(weight.shape)
+    rest = weight.shape[1:]
+    out.view(heads, head_dim // 2, 2, *rest).copy_(weight.view(heads, 2, head_dim // 2, *rest).transpose(1, 2))
 
 
 class CompactModel:
@@ -145,50 +146,59 @@ class CompactModel:
         self.num_layers = len(lm.model.layers)
         self.refresh()
 
-    def _read(self) -> dict[str, torch.Tensor | None]:
-        """The model's current weights, arranged as the compact forward uses them (new tensors)."""
+    def _parts(self) -> dict[str, list[tuple[torch.Tensor, int]] | None]:
+        """The model's current weights as the compact forward arranges them: per buffer, the tensors stacked along
+        its first dimension, each with the number of heads whose rope pairs to reorder (0: as it is); None for a
+        bias the model does not have. Views of the model's parameters (a LoRA layer: its merged weight)."""
         lm = _causal_lm(self.model)
-        arranged = {"embed": lm.get_input_embeddings().weight.detach(), "final_norm": lm.model.norm.weight.detach()}
         head, head_bias = _linear(lm.get_output_embeddings())
-        arranged.update({"head": head, "head_bias": head_bias})
+        parts = {"embed": [(lm.get_input_embeddings().weight.detach(), 0)],
+                 "final_norm": [(lm.model.norm.weight.detach(), 0)], "head": [(head, 0)],
+                 "head_bias": None if head_bias is None else [(head_bias, 0)]}
         for i, block in enumerate(lm.model.layers):
             attention, mlp = block.self_attn, block.mlp
             (q, q_bias), (k, k_bias), (v, v_bias) = (_linear(attention.q_proj), _linear(attention.k_proj),
                                                      _linear(attention.v_proj))
-            q, k = _rope_pairs(q, self.num_heads), _rope_pairs(k, self.num_kv_heads)
-            arranged[f"{i}.qkv"] = torch.cat([q, k, v])
-            if q_bias is not None:
-                arranged[f"{i}.qkv_bias"] = torch.cat([_rope_pairs(q_bias, self.num_heads),
-                                                       _rope_pairs(k_bias, self.num_kv_heads), v_bias])
-            o, arranged[f"{i}.o_bias"] = _linear(attention.o_proj)
-            arranged[f"{i}.o"] = o
+            parts[f"{i}.qkv"] = [(q, self.num_heads), (k, self.num_kv_heads), (v, 0)]
+            parts[f"{i}.qkv_bias"] = (None if q_bias is None else
+                                      [(q_bias, self.num_heads), (k_bias, self.num_kv_heads), (v_bias, 0)])
+            o, o_bias = _linear(attention.o_proj)
+            parts[f"{i}.o"], parts[f"{i}.o_bias"] = [(o, 0)], None if o_bias is None else [(o_bias, 0)]
             for name in ("q_norm", "k_norm"):
                 norm = getattr(attention, name, None)
                 if norm is not None:
-                    arranged[f"{i}.{name}"] = _rope_pairs(norm.weight.detach(), 1)
+                    parts[f"{i}.{name}"] = [(norm.weight.detach(), 1)]
             (gate, gate_bias), (up, up_bias) = _linear(mlp.gate_proj), _linear(mlp.up_proj)
-            arranged[f"{i}.gate_up"] = torch.cat([gate, up])
-            if gate_bias is not None:
-                arranged[f"{i}.gate_up_bias"] = torch.cat([gate_bias, up_bias])
-            down, arranged[f"{i}.down_bias"] = _linear(mlp.down_proj)
-            arranged[f"{i}.down"] = down
-            arranged[f"{i}.input_norm"] = block.input_layernorm.weight.detach()
-            arranged[f"{i}.post_norm"] = block.post_attention_layernorm.weight.detach()
-        return arranged
+            parts[f"{i}.gate_up"] = [(gate, 0), (up, 0)]
+            parts[f"{i}.gate_up_bias"] = None if gate_bias is None else [(gate_bias, 0), (up_bias, 0)]
+            down, down_bias = _linear(mlp.down_proj)
+            parts[f"{i}.down"], parts[f"{i}.down_bias"] = [(down, 0)], None if down_bias is None else [(down_bias, 0)]
+            parts[f"{i}.input_norm"] = [(block.input_layernorm.weight.detach(), 0)]
+            parts[f"{i}.post_norm"] = [(block.post_attention_layernorm.weight.detach(), 0)]
+        return parts
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Copy the model's current weights (after an optimizer step) into the engine's buffers, in place."""
-        for name, tensor in self._read().items():
-            if tensor is None:
+        """Copy the model's current weights (after an optimizer step) into the engine's buffers, in place: each part
+        straight into its rows, no temporary (a temporary of the model's size costs more than the copy, in page
+        faults on a CPU)."""
+        for name, parts in self._parts().items():
+            if parts is None:
                 self.weights[name] = None
                 continue
+            shape = (sum(t.shape[0] for t, _ in parts), *parts[0][0].shape[1:])
             buffer = self.weights.get(name)
-            if buffer is None or buffer.shape != tensor.shape:
-                self.weights[name] = tensor.to(self.device, self.dtype, copy=True).contiguous()
+            if buffer is None or buffer.shape != shape:
+                buffer = self.weights[name] = torch.empty(shape, device=self.device, dtype=self.dtype)
                 self.layout += 1
-            else:
-                buffer.copy_(tensor)
+            row = 0
+            for tensor, heads in parts:
+                out = buffer[row:row + tensor.shape[0]]
+                if heads:
+                    _copy_rope_pairs(out, tensor, heads)
+                else:
+                    out.copy_(tensor)
+                row += tensor.shape[0]
         self.packed, self.packed_rows = {}, None
 
     _MATRICES = ("qkv", "o", "gate_up", "down")
