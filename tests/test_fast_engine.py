@@ -161,6 +161,7 @@ def test_sampling_follows_the_distribution_and_never_a_cut_token():
     assert tokens.item() == 0
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft's call
 def test_lora_policy_samples_with_merged_adapters_refreshed_after_a_step(tok):
     peft = pytest.importorskip("peft")
     model = peft.get_peft_model(_small(tok, "qwen2"), peft.LoraConfig(r=4, lora_alpha=8,
