@@ -2,12 +2,14 @@
 # The rollout engine on a lent GPU, as one script (prepared; not yet run on a GPU): r1lab's own engine against
 # transformers' generate on a Qwen2.5-0.5B-shaped random model in bf16 (decode ms per step at 64 × 1,024, tokens/s
 # with 256 sequences in flight, peak memory, weight refresh), then the Qwen2.5-0.5B R1-Zero recipe for 3 GRPO steps
-# with each engine (seconds per step, rollout seconds, peak memory).
+# with each engine (seconds per step, rollout seconds, peak memory). First, tests/test_gpu.py: the decode steps
+# captured in CUDA graphs give the completions of the eager steps (fp32), see every optimizer step, agree in bf16.
 #   bash bench/gpu_engine.sh OUT_DIR
 set -u
 out=${1:-runs/gpu_engine}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+timeout 180 python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tee "$out/test_gpu.txt"
 timeout 300 python3 bench/gpu_engine.py --out "$out/gpu_engine.json"
 for engine in auto transformers; do
   RUN_NAME=recipe_$engine bash bench/gpu_recipe_check.sh "$out/recipe_$engine" engine=$engine
