@@ -8,10 +8,10 @@ For each model: milliseconds per decode step (``CompactModel.decode`` alone, no 
 products alone (every layer's four matrices and the head, same shapes, timed by themselves); then the steps under
 ``torch.profiler`` (which adds its own cost to every operation, so its shares lean towards the small operations):
 the time in matrix products (MKL's packed products, ``bmm`` for attention) against every other operation, the
-number of operations per step and the costliest of the others. It says why the CPU rollout cannot be many times faster than ``generate`` by removing overhead alone: at
-25.4M the products alone are more than half of the step, at 3.3M the step is mostly small operations whose cost is
-PyTorch's per-call cost on this CPU. Also the machine's memory read rate (a sum over 200 MB), for the products'
-share of it. Prints one JSON object; --out also writes it.
+number of operations per step and the costliest of the others. It says why the CPU rollout cannot be many times
+faster than ``generate`` by removing overhead alone: at 25.4M the products are about half of the step, at 3.3M the
+step is mostly small operations whose cost is PyTorch's per-call cost on this CPU. Also the machine's memory read
+rate (a sum over 200 MB), for the products' share of it. Prints one JSON object; --out also writes it.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ The base is the one ``recipes/tiny/r1_zero.yaml`` builds (its ``base`` stage, ta
 Both trainers then run that recipe's GRPO settings: 8 prompts × G 8, 48 new tokens, temperature 1, lr 1e-4 with 5
 warmup steps and a cosine decay to 10%, AdamW betas (0.9, 0.99), clip 1.0, β 0, advantages not divided by the group
 std (TRL: scale_rewards="none"), token-mean loss (TRL: loss_type="dapo"), accuracy 1.0 + format 0.1 scored by
-r1lab's rewards in both. Every 25 steps both are evaluated the same way (r1lab's quick evaluation: 100 held-out
-problems × 2 samples at T 0.6, top-p 0.95, with r1lab's engine); evaluation time is not counted. Two seeds each.
+r1lab's rewards in both. Every 25 steps (``--eval-every``) both are evaluated the same way (r1lab's quick
+evaluation: 100 held-out problems × 2 samples at T 0.6, top-p 0.95, with r1lab's engine); evaluation time is not
+counted. Two seeds each (``--seeds``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import yaml  # noqa: E402
 from report_json import emit  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "tiny" / "r1_zero.yaml"
-TARGET, EVAL_EVERY = 0.9, 25
+TARGET = 0.9
 
 
 def build_base(out: Path) -> str:
@@ -51,11 +52,11 @@ def first_reaching(curve: list[tuple[int, float, float]]) -> dict:
     return {"step": None, "seconds": None}
 
 
-def r1lab_run(base: str, seed: int, steps: int, out: Path) -> dict:
+def r1lab_run(base: str, seed: int, steps: int, out: Path, eval_every: int) -> dict:
     from r1lab.pipeline import run_recipe
 
     recipe = yaml.safe_load(RECIPE.read_text())
-    grpo = {**recipe["stages"]["grpo"], "init": base, "steps": steps, "eval_every": EVAL_EVERY, "save_every": 0,
+    grpo = {**recipe["stages"]["grpo"], "init": base, "steps": steps, "eval_every": eval_every, "save_every": 0,
             "eval": False, "samples_every": 0}
     recipe.update(name=f"r1lab_{seed}", output_dir=str(out), seed=seed, model=base, stages={"grpo": grpo})
     path = out / f"r1lab_{seed}.yaml"
@@ -71,7 +72,7 @@ def r1lab_run(base: str, seed: int, steps: int, out: Path) -> dict:
             "seconds_per_step": round(seconds / max(1, len([r for r in rows if "step_seconds" in r])), 3)}
 
 
-def trl_run(base: str, seed: int, steps: int, out: Path) -> dict:
+def trl_run(base: str, seed: int, steps: int, out: Path, eval_every: int) -> dict:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -108,7 +109,7 @@ def trl_run(base: str, seed: int, steps: int, out: Path) -> dict:
 
         def on_step_end(self, args, state, control, **kwargs):
             clock["training"] += time.perf_counter() - clock["started"]
-            if state.global_step % EVAL_EVERY == 0:
+            if state.global_step % eval_every == 0:
                 result = evaluate_model(Generator("auto", model, tokenizer), task, template,
                                         num_problems=evaluation.quick_problems, k=evaluation.quick_k,
                                         temperature=evaluation.temperature, top_p=evaluation.top_p,
@@ -122,7 +123,7 @@ def trl_run(base: str, seed: int, steps: int, out: Path) -> dict:
                         lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=grpo["warmup_steps"],
                         adam_beta2=0.99, max_grad_norm=1.0, beta=0.0, scale_rewards="none", loss_type="dapo",
                         num_iterations=1, gradient_checkpointing=False, use_cpu=True, bf16=False, max_steps=steps,
-                        report_to="none", save_strategy="no", logging_steps=EVAL_EVERY, disable_tqdm=True,
+                        report_to="none", save_strategy="no", logging_steps=eval_every, disable_tqdm=True,
                         temperature=grpo["temperature"], seed=seed)
     dataset = Dataset.from_list([{"prompt": p} for p in by_prompt])
     torch.manual_seed(seed)
@@ -135,16 +136,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--steps", type=int, default=150, help="GRPO steps of each run (the cosine decays over them)")
+    parser.add_argument("--eval-every", type=int, default=25,
+                        help="GRPO steps between evaluations (finer: a time to the target less rounded up)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
-    results = {"target_pass@1": TARGET, "eval_every": EVAL_EVERY, "r1lab": {}, "trl": {}}
+    results = {"target_pass@1": TARGET, "eval_every": args.eval_every, "r1lab": {}, "trl": {}}
     with tempfile.TemporaryDirectory(prefix="r1lab-tta-") as tmp:
         tmp = Path(tmp)
         base = build_base(tmp)
         for seed in map(int, args.seeds.split(",")):
-            results["r1lab"][seed] = r1lab_run(base, seed, args.steps, tmp)
+            results["r1lab"][seed] = r1lab_run(base, seed, args.steps, tmp, args.eval_every)
             print("r1lab", seed, results["r1lab"][seed], file=sys.stderr, flush=True)
-            results["trl"][seed] = trl_run(base, seed, args.steps, tmp)
+            results["trl"][seed] = trl_run(base, seed, args.steps, tmp, args.eval_every)
             print("trl", seed, results["trl"][seed], file=sys.stderr, flush=True)
     emit(results, args.out)
 
