@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The rollout engine on a lent GPU, as one script (prepared; not yet run on a GPU): r1lab's own engine against
 # transformers' generate on a Qwen2.5-0.5B-shaped random model in bf16 (decode ms per step at 64 × 1,024, tokens/s
-# with 256 sequences in flight, peak memory, weight refresh), then the Qwen2.5-0.5B R1-Zero recipe for 3 GRPO steps
-# with each engine (seconds per step, rollout seconds, peak memory). First, tests/test_gpu.py: the decode steps
-# captured in CUDA graphs give the completions of the eager steps (fp32), see every optimizer step, agree in bf16.
+# with 256 sequences in flight, peak memory, weight refresh), then the Qwen2.5-0.5B R1-Zero recipe's GRPO step at
+# 64 x 128 in bf16-mixed with each engine, 4 steps (seconds per step, rollout seconds, peak memory). First,
+# tests/test_gpu.py: the decode steps captured in CUDA graphs give the completions of the eager steps (fp32), see
+# every optimizer step, agree in bf16.
 #   bash bench/gpu_engine.sh OUT_DIR
 set -u
 out=${1:-runs/gpu_engine}
@@ -11,6 +12,9 @@ mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 timeout 180 python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tee "$out/test_gpu.txt"
 timeout 300 python3 bench/gpu_engine.py --out "$out/gpu_engine.json"
+# the GRPO step of the issue's target, 64 completions x 128 new tokens (4 prompts x G 16), bf16-mixed, 4 steps
 for engine in auto transformers; do
-  RUN_NAME=recipe_$engine bash bench/gpu_recipe_check.sh "$out/recipe_$engine" engine=$engine
+  RUN_NAME=recipe_$engine bash bench/gpu_recipe_check.sh "$out/recipe_$engine" engine=$engine \
+    stages.grpo.steps=4 stages.grpo.prompts_per_step=4 stages.grpo.group_size=16 stages.grpo.max_new_tokens=128 \
+    stages.grpo.minibatches=1 stages.grpo.micro_batch_size=16 precision=bf16-mixed gradient_checkpointing=false
 done
