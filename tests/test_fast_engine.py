@@ -385,3 +385,19 @@ def test_a_step_that_cannot_be_captured_runs_uncaptured(tok, caplog):
     assert _ids(out) == _ids(FastEngine(model, tok, static=False).generate(PROMPTS, 2, params))
     with pytest.raises(ValueError, match="static decoding needs the compact forward"):
         FastEngine(_gpt2(tok), tok, static=True)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_looking_for_finished_sequences_every_few_steps_changes_nothing(tok, static):
+    """On a GPU the host looks at which sequences ended only every 8 steps (each look waits for the device): a
+    sequence that ends between looks keeps its slot for a few steps without writing anything, and refill, the
+    batch shrinking and every completion come out as when the host looks after every step."""
+    model = _eos_prone(tok)
+    params = SamplingParams(temperature=1.0, max_new_tokens=30, seed=7)
+    every_step = FastEngine(model, tok, max_slots=5, check_every=1, static=static).generate(PROMPTS * 3, 4, params)
+    lengths = [len(ids) for ids in _ids(every_step)]
+    assert min(lengths) * 3 <= max(lengths), lengths  # sequences end at very different steps
+    every_8 = FastEngine(model, tok, max_slots=5, check_every=8, static=static).generate(PROMPTS * 3, 4, params)
+    assert _ids(every_8) == _ids(every_step)
+    for a, b in zip((g for group in every_8 for g in group), (g for group in every_step for g in group)):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5) and a.truncated == b.truncated
