@@ -403,14 +403,15 @@ def test_looking_for_finished_sequences_every_few_steps_changes_nothing(tok, sta
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5) and a.truncated == b.truncated
 
 
-@pytest.mark.parametrize("kind", ["tiny", "qwen3", "llama"])
-def test_a_bf16_engine_samples_close_to_the_fp32_trainer(tok, kind):
+@pytest.mark.parametrize("kind,static", [("tiny", False), ("qwen3", False), ("llama", False), ("llama", True)])
+def test_a_bf16_engine_samples_close_to_the_fp32_trainer(tok, kind, static):
     """The compute path of a GPU run (bf16 weights in the engine, fp32 master weights), checked on the CPU: the
     sampler-trainer gap stays at bf16's rounding (these random models have large logits: ~0.03 mean; the run warns at
     0.05), where a wrong rotation or norm in the bf16 path would give gaps of 1 and more."""
     model = _small(tok, kind)
     params = SamplingParams(temperature=1.0, max_new_tokens=20, seed=1)
-    gens = [g for group in FastEngine(model, tok, dtype=torch.bfloat16).generate(PROMPTS, 4, params) for g in group]
+    engine = FastEngine(model, tok, dtype=torch.bfloat16, static=static)  # static: as the CUDA graphs step
+    gens = [g for group in engine.generate(PROMPTS, 4, params) for g in group]
     batch = make_batch([g.prompt_ids for g in gens], [g.completion_ids for g in gens], tok.pad_token_id)
     with torch.no_grad():
         trainer = completion_logprobs(model, batch)[0]
