@@ -519,7 +519,7 @@ class _Workspace:
     slot its outputs and state. A static engine keeps it between calls that fit (its storage never moves, so the
     CUDA graphs captured over it stay valid) along with those graphs, one per (batch, span) bucket."""
 
-    def __init__(self, compact, slots: int, length: int, max_new: int):
+    def __init__(self, compact, slots: int, length: int, max_new: int, static: bool = False):
         device, shape = compact.device, (slots, compact.num_kv_heads, length, compact.head_dim)
         self.slots, self.length, self.max_new = slots, length, max_new
         self.keys = [torch.zeros(shape, device=device, dtype=compact.dtype) for _ in range(compact.num_layers)]
@@ -532,7 +532,8 @@ class _Workspace:
         self.position = torch.zeros(slots, dtype=torch.long, device=device)
         self.count = torch.zeros(slots, dtype=torch.long, device=device)
         self.done = torch.ones(slots, dtype=torch.bool, device=device)
-        self.logits: torch.Tensor | None = None  # a static engine's fp32 logits: the one buffer every graph fills
+        # a static engine's fp32 logits: the one buffer every step (and every graph) writes into
+        self.logits = (torch.empty(slots, compact.weights["head"].shape[0], device=device) if static else None)
         self.graphs: dict[tuple[int, int], object] = {}  # (batch, span) -> its CUDA graph (None: not capturable)
         self.layout = compact.layout  # the weight storage the graphs were captured over
         self.pool = None  # the graphs' shared memory pool
@@ -613,9 +614,7 @@ class FastEngine:
         if kept is not None:  # large enough for both calls, so that calls of two shapes (rollouts, evaluations)
             slots, length, max_new = max(slots, kept.slots), max(length, kept.length), max(max_new, kept.max_new)
         self._kept = kept = None  # free the old cache and graphs before the new ones are allocated
-        ws = _Workspace(self.compact, slots, length, max_new)
-        ws.logits = torch.empty(ws.slots, self.compact.weights["head"].shape[0], device=self.compact.device)
-        return ws
+        return _Workspace(self.compact, slots, length, max_new, static=True)
 
     def _keep(self, workspace: _Workspace) -> None:
         """After a static call: keep the workspace (and its graphs) for the next call if it is small enough."""
@@ -794,8 +793,8 @@ class FastEngine:
                 elif all(h < 0 for h in held[:live]):
                     break
                 else:
-                    live, horizon = self._compact(held, live, keys, values, out_tokens, out_logprobs,
-                                                  (sequence, last, position, count, done), horizon)
+                    live, horizon = self._compact(held, live, keys, values, out_tokens, out_logprobs, ws.state(),
+                                                  horizon)
             logits = self._decode(ws, live, horizon, length)
             column = count[:live].clamp(max=max_new - 1)
             token, logprob = sample_next(logits, params,
