@@ -25,6 +25,7 @@ from typing import Callable, Literal
 import torch
 
 from r1lab.checkpoint import atomic_dir, load_training_state, save_training_state, set_rng_state
+from r1lab.cpu_matmul import route_linear_layers
 from r1lab.dist import all_reduce_gradients, all_reduce_sum, broadcast_parameters, sum_over_ranks, world
 from r1lab.fsdp import full_optimizer_state, full_state_dict, is_sharded, load_full_optimizer_state, shard_model
 from r1lab.lora import is_lora_model, load_lora_policy
@@ -107,6 +108,7 @@ class Policy:
     def __init__(self, model, tokenizer, device: torch.device, *, init_checkpoint: str = "",
                  settings: ModelSettings | None = None, resume: dict | None = None):
         self.model = model
+        route_linear_layers(model)  # fp32 on a CPU: oneDNN products where they beat MKL (r1lab.cpu_matmul)
         self.tokenizer = tokenizer
         self.device = device
         self.init_checkpoint = init_checkpoint  # where the stage started: the frozen reference after a resume
@@ -181,6 +183,7 @@ class Policy:
         self.reference = (load_model(self.init_checkpoint, dtype=self.settings.dtype, device=self.device)[0]
                           if self.resume else copy.deepcopy(self.sampling_model))
         self.reference.eval().requires_grad_(False)
+        route_linear_layers(self.reference)  # a deep copy is routed already; a loaded one is not
         if resettable and self.resume_extra.get("ref_state") is not None:
             self.reference.load_state_dict(self.resume_extra["ref_state"])
         if self.sharded:  # sharded like the policy, without an optimizer

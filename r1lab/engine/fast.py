@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache
 
+from r1lab import cpu_matmul
 from r1lab.engine.base import Generation, SamplingParams
 from r1lab.engine.hf import TransformersEngine
 
@@ -143,6 +144,7 @@ class CompactModel:
         self.layout = 0  # bumped when ``refresh`` has to allocate a buffer anew (a captured graph holds the old one)
         self.packed: dict[str, torch.Tensor] = {}  # MKL-packed matrices for products with `packed_rows` rows
         self.packed_rows: int | None = None
+        self.onednn = False  # products through oneDNN (r1lab.cpu_matmul): set by ``pack_for`` on a CPU in fp32
         self.num_layers = len(lm.model.layers)
         self.refresh()
 
@@ -205,15 +207,21 @@ class CompactModel:
 
     @torch.no_grad()
     def pack_for(self, rows: int) -> None:
-        """On a CPU with MKL, prepare every matrix for products with ``rows`` rows (MKL's packed GEMM: the weight is
-        reordered once instead of at every call: a decode step with 16 rows runs about twice as fast as through
-        ``F.linear`` on this project's CPU).
+        """On a CPU in fp32, prepare every matrix for products with ``rows`` rows: reordered once instead of at every
+        call, by oneDNN where it is the faster library on this CPU (``r1lab.cpu_matmul``), else by MKL (a decode
+        step with 16 rows runs about twice as fast as through ``F.linear`` on an Intel CPU).
         Products with another number of rows use the plain weights. Undone by ``refresh``."""
-        if rows == self.packed_rows or self.device.type != "cpu" or self.dtype != torch.float32 \
-                or not torch._C.has_mkl or not hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):
+        if rows == self.packed_rows or self.device.type != "cpu" or self.dtype != torch.float32:
+            return
+        self.onednn = cpu_matmul.onednn_pays()
+        if self.onednn:
+            reorder = cpu_matmul.pack
+        elif torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):
+            reorder = torch.ops.mkl._mkl_reorder_linear_weight
+        else:
             return
         names = [f"{i}.{m}" for i in range(self.num_layers) for m in self._MATRICES] + ["head"]
-        self.packed = {name: torch.ops.mkl._mkl_reorder_linear_weight(self.weights[name], rows) for name in names}
+        self.packed = {name: reorder(self.weights[name], rows) for name in names}
         self.packed_rows = rows
 
     # -- the forward ------------------------------------------------------------------------------------------------
@@ -226,9 +234,10 @@ class CompactModel:
         weight, bias = self.weights[name], self.weights.get(f"{name}_bias")
         if x.shape[:-1].numel() == self.packed_rows:
             flat = x.reshape(-1, x.shape[-1])
-            out = torch.ops.mkl._mkl_linear(flat, self.packed[name], weight, bias, self.packed_rows)
+            out = (cpu_matmul.packed_linear(flat, self.packed[name], bias) if self.onednn else
+                   torch.ops.mkl._mkl_linear(flat, self.packed[name], weight, bias, self.packed_rows))
             return out.view(*x.shape[:-1], weight.shape[0])
-        return F.linear(x, weight, bias)
+        return cpu_matmul.linear(x, weight, bias) if self.onednn else F.linear(x, weight, bias)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # as transformers' RMSNorm: normalise in fp32, scale in the compute dtype
