@@ -167,7 +167,14 @@ def main() -> None:
     except ImportError:
         have_trl = False
         print("trl is not installed: its columns are skipped (pip install trl==1.16.0)", file=sys.stderr)
-    results = {"torch_threads": torch.get_num_threads(), "settings": {
+    from r1lab.cpu_matmul import onednn_pays
+    from r1lab.cpu_memory import keep_freed_memory
+
+    # r1lab's runs set this for the whole process; set from the start, TRL and the engines timed before r1lab's
+    # runs get it too (a like-for-like clock)
+    keep_freed_memory()
+    results = {"torch_threads": torch.get_num_threads(), "r1lab_cpu_matmul": "onednn" if onednn_pays() else "blas",
+               "settings": {
         "dtype": "float32", "group": GROUP, "prompts_per_step": PROMPTS_PER_STEP, "new_tokens": NEW_TOKENS}}
     for size in args.sizes.split(","):
         with tempfile.TemporaryDirectory(prefix="r1lab-engine-") as tmp:

@@ -140,7 +140,12 @@ def main() -> None:
                         help="GRPO steps between evaluations (finer: a time to the target less rounded up)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
-    results = {"target_pass@1": TARGET, "eval_every": args.eval_every, "r1lab": {}, "trl": {}}
+    from r1lab.cpu_matmul import onednn_pays
+    from r1lab.cpu_memory import keep_freed_memory
+
+    # r1lab's runs set this for the whole process; set from the start, TRL's runs get it too (a like-for-like clock)
+    keep_freed_memory()
+    results = {"target_pass@1": TARGET, "r1lab_cpu_matmul": "onednn" if onednn_pays() else "blas", "eval_every": args.eval_every, "r1lab": {}, "trl": {}}
     with tempfile.TemporaryDirectory(prefix="r1lab-tta-") as tmp:
         tmp = Path(tmp)
         base = build_base(tmp)

@@ -14,6 +14,8 @@ import yaml
 from r1lab.checkpoint import DiskFullError  # noqa: F401 (r1lab.cli reports it)
 from r1lab.config import ConfigError
 from r1lab.console import Console
+from r1lab.cpu_matmul import route_linear_layers
+from r1lab.cpu_memory import keep_freed_memory
 from r1lab.evaluate import evaluate_model
 from r1lab.generation import Generator
 from r1lab.models import load_model, resolve_device
@@ -112,7 +114,9 @@ def cmd_eval(args) -> int:
     task_from_run = args.task is None
     s = eval_settings(args)
     task = get_task(s["task"], **({**s.get("task_options", {}), **options} if task_from_run else options))
+    keep_freed_memory()  # r1lab.cpu_memory
     model, tokenizer = load_model(s["model"], dtype=s["dtype"], device=resolve_device(args.device))
+    route_linear_layers(model)  # for an engine that runs the model's own forward (r1lab.cpu_matmul)
     template = PromptTemplate(TemplateConfig(kind=s["template"], prefill_think=s["prefill_think"]), tokenizer)
     console = Console()  # progress on stderr; the result alone on stdout
     print(f"r1lab eval: {s['model']} on {s['num_problems']} held-out {s['task']} problems, k={s['k']}, "

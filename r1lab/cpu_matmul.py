@@ -121,10 +121,11 @@ class _OneDNNLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
         grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:  # (M, N) (N, K): oneDNN takes the second factor as (out, in) = Wᵀ
-            grad_x = _onednn(grad, weight.t().contiguous(), None)
+        # oneDNN takes the second factor as (out, in) and reads transposed views in place (no copies)
+        if ctx.needs_input_grad[0]:  # (M, N) (N, K)
+            grad_x = _onednn(grad, weight.t(), None)
         if ctx.needs_input_grad[1]:  # (N, M) (M, K)
-            grad_weight = _onednn(grad.t().contiguous(), x.t().contiguous(), None)
+            grad_weight = _onednn(grad.t(), x.t(), None)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
         return grad_x, grad_weight, grad_bias

@@ -21,6 +21,8 @@ from typing import Any, Callable
 from r1lab.checkpoint import atomic_write_json, atomic_write_text, recover_dir, seed_everything
 from r1lab.config import ConfigError
 from r1lab.console import Console
+from r1lab.cpu_matmul import route_linear_layers
+from r1lab.cpu_memory import keep_freed_memory
 from r1lab.dist import barrier, init_from_env, world
 from r1lab.evaluate import evaluate_model
 from r1lab.generation import Generator
@@ -61,6 +63,7 @@ def evaluate_checkpoint(run: RunConfig, task, checkpoint: str, device, samples_p
     """The R1 evaluation (pass@1 over k samples at T=0.6, top-p 0.95, cons@k) of a saved model; ``progress(done,
     total)`` told as samples finish."""
     model, tokenizer = load_model(checkpoint, dtype=run.dtype, device=device)
+    route_linear_layers(model)  # for an engine that runs the model's own forward (r1lab.cpu_matmul)
     e = run.eval
     return evaluate_model(Generator(run.engine, model, tokenizer), task, PromptTemplate(run.template, tokenizer),
                           num_problems=e.num_problems, k=e.k, temperature=e.temperature, top_p=e.top_p,
@@ -83,6 +86,7 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     if place.distributed:  # the processes of one machine share its cores
         run.threads = max(1, (run.threads or os.cpu_count() or 1) // place.world_size)
     set_threads(run.threads)
+    keep_freed_memory()  # no page faults for the tensors every step allocates again (r1lab.cpu_memory)
     seed_everything(run.seed)
     device = resolve_device(run.device)
     run_dir = Path(run.output_dir) / run.name
