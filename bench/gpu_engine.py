@@ -5,7 +5,8 @@ code on a small model (CPU or GPU) in seconds, to check the script itself.
 Measures (each from the second of two identical calls; the first, which captures the graphs of its shapes, is
 reported beside it): decode time per step at 64 sequences × 1,024 new tokens (and peak memory there), tokens/s with 256
 sequences in flight (32 prompts × 8), and the weight refresh after an optimizer step, for r1lab's engine with its
-decode steps in CUDA graphs (``fast``), the same engine without them (``fast_no_graphs``) and transformers' generate;
+decode steps in CUDA graphs (``fast``), the same with its decode attention in one ``scaled_dot_product_attention``
+call (``fast_sdpa``), the same engine without graphs (``fast_no_graphs``) and transformers' generate;
 and how far the captured steps' greedy completions agree with the uncaptured ones. The GRPO step of the recipe
 with each engine is ``bench/gpu_engine.sh``'s second part. Prints one JSON object; --out writes it.
 """
@@ -105,10 +106,13 @@ def main() -> None:
                "shape": "smoke" if args.smoke else "Qwen2.5-0.5B"}
     # fast: r1lab's engine as a recipe gets it (on a GPU: static decode steps captured in CUDA graphs);
     # fast_no_graphs: the same engine stepping over the live rows eagerly, to show what the graphs bring
-    engines = {"fast": FastEngine(model, tokenizer), "fast_no_graphs": FastEngine(model, tokenizer, static=False),
+    # fast_sdpa: the graphs with the fused attention kernel instead of two products (which pays here decides the default)
+    engines = {"fast": FastEngine(model, tokenizer), "fast_sdpa": FastEngine(model, tokenizer, attention="sdpa"),
+               "fast_no_graphs": FastEngine(model, tokenizer, static=False),
                "transformers": TransformersEngine(model, tokenizer)}
     results["graphs"] = engines["fast"].graphs
     results["graph_agreement"] = agreement(engines["fast"], engines["fast_no_graphs"], prompt, scale)
+    results["sdpa_agreement"] = agreement(engines["fast_sdpa"], engines["fast"], prompt, scale)
     for name, engine in engines.items():
         entry = {"64x1024": decode(engine, [prompt] * (64 // scale), 1, 1024 // scale, device),
                  "256_in_flight": decode(engine, [prompt] * (32 // scale), 8, 256 // scale, device)}
@@ -127,7 +131,7 @@ def main() -> None:
     results["fast"]["weight_refresh_ms"] = round(1000 * min(times), 2)
     results["ratios"] = {f"transformers_over_{name}_{key}": round(results["transformers"][key]["ms_per_step"]
                                                                / results[name][key]["ms_per_step"], 2)
-                         for name in ("fast", "fast_no_graphs") for key in ("64x1024", "256_in_flight")}
+                         for name in ("fast", "fast_sdpa", "fast_no_graphs") for key in ("64x1024", "256_in_flight")}
     emit(results, args.out)
 
 

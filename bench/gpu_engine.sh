@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The rollout engine on a lent GPU, as one script (prepared; not yet run on a GPU): r1lab's own engine against
 # transformers' generate on a Qwen2.5-0.5B-shaped random model in bf16 (decode ms per step at 64 × 1,024, tokens/s
-# with 256 sequences in flight, peak memory, weight refresh), then the Qwen2.5-0.5B R1-Zero recipe's GRPO step at
+# with 256 sequences in flight, peak memory, weight refresh; the graphs with two-product and with fused sdpa decode
+# attention, and without graphs), then the Qwen2.5-0.5B R1-Zero recipe's GRPO step at
 # 64 x 128 in bf16-mixed with each engine, 4 steps (seconds per step, rollout seconds, peak memory). First,
 # tests/test_gpu.py: the decode steps captured in CUDA graphs give the completions of the eager steps (fp32), see
-# every optimizer step, agree in bf16.
+# every optimizer step, agree in bf16, and with the fused decode attention.
 #   bash bench/gpu_engine.sh OUT_DIR
 set -u
 out=${1:-runs/gpu_engine}

@@ -418,3 +418,25 @@ def test_a_bf16_engine_samples_close_to_the_fp32_trainer(tok, kind, static):
     gaps = torch.tensor([abs(a - b) for i, g in enumerate(gens)
                          for a, b in zip(g.logprobs, trainer[i, :len(g.logprobs)].tolist())])
     assert gaps.mean() < 0.05 and gaps.max() < 0.5, (gaps.mean(), gaps.max())
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama"])
+@pytest.mark.parametrize("static", [False, True])
+def test_fused_decode_attention_gives_the_matmul_attentions_completions(tok, kind, static):
+    """attention='sdpa' (one scaled_dot_product_attention call with the slots' mask) against the two products:
+    through refill (4 slots for 9 sequences) and, static, spans longer than what a slot may see."""
+    model = _small(tok, kind)
+    params = SamplingParams(temperature=1.0, max_new_tokens=20, seed=3)
+    matmul = FastEngine(model, tok, max_slots=4, static=static).generate(PROMPTS, 3, params)
+    fused = FastEngine(model, tok, max_slots=4, static=static, attention="sdpa").generate(PROMPTS, 3, params)
+    assert _ids(fused) == _ids(matmul)
+    for a, b in zip(fused, matmul):
+        for x, y in zip(a, b):
+            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
+
+
+def test_an_unknown_decode_attention_is_refused(tok):
+    with pytest.raises(ValueError, match="decode attention 'flash': choose one of matmul, sdpa"):
+        FastEngine(_small(tok, "qwen2"), tok, attention="flash")
+    with pytest.raises(ValueError, match="attention='sdpa' is the compact forward's"):
+        FastEngine(_small(tok, "qwen2"), tok, forward="hf", attention="sdpa")

@@ -44,6 +44,17 @@ def test_graphs_give_the_completions_of_eager_steps(tok, kind):
     assert all(graphed._kept.graphs[shape] is graph for shape, graph in before.items())
 
 
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_graphs_with_the_fused_attention_give_the_completions_of_eager_steps(tok, kind):
+    model = _small(tok, kind).cuda()
+    params = SamplingParams(temperature=1.0, max_new_tokens=30, seed=5)
+    graphed = FastEngine(model, tok, max_slots=6, attention="sdpa")
+    graphed.SMALLEST_SPAN = 8
+    _same(graphed.generate(PROMPTS * 3, 4, params),
+          FastEngine(model, tok, max_slots=6, static=False).generate(PROMPTS * 3, 4, params))
+    assert graphed.graphs and all(g is not None for g in graphed._kept.graphs.values())
+
+
 def test_graphs_see_each_optimizer_step(tok):
     model = _small(tok, "qwen2").cuda()
     params = SamplingParams(temperature=0.0, max_new_tokens=16)

@@ -123,7 +123,12 @@ class CompactModel:
     same storage, so anything holding them (a captured CUDA graph) stays valid.
     """
 
-    def __init__(self, model, dtype: torch.dtype | None = None):
+    ATTENTION = ("matmul", "sdpa")
+
+    def __init__(self, model, dtype: torch.dtype | None = None, attention: str = "matmul"):
+        if attention not in self.ATTENTION:
+            raise ValueError(f"decode attention {attention!r}: choose one of {', '.join(self.ATTENTION)}")
+        self.attention = attention  # the decode step's: two batched products, or one fused kernel
         self.model = model
         lm = _causal_lm(model)
         config = lm.config
@@ -319,12 +324,18 @@ class CompactModel:
             q, k, v = self._attention_inputs(i, x, rotation)
             key_cache.view(-1, self.head_dim).index_copy_(0, rows, k.reshape(-1, self.head_dim))
             value_cache.view(-1, self.head_dim).index_copy_(0, rows, v.reshape(-1, self.head_dim))
-            # one query per slot: plain matmuls beat a fused attention kernel here, and the heads sharing a kv head
-            # are its rows (no repeat of the cache for grouped-query attention)
+            # one query per slot; the heads sharing a kv head are its rows (no repeat of the cache for grouped-query
+            # attention). Plain matmuls beat a fused kernel on the CPUs measured; on a GPU either may
             grouped = q.view(S, self.num_kv_heads, -1, self.head_dim)
-            scores = (grouped @ key_cache[:S, :, :horizon].transpose(2, 3)).float().mul_(self.scaling)
-            weights = scores.masked_fill_(~visible, float("-inf")).softmax(dim=-1).to(self.dtype)
-            attended = (weights @ value_cache[:S, :, :horizon]).view(S, self.num_heads, 1, self.head_dim)
+            if self.attention == "sdpa":
+                attended = F.scaled_dot_product_attention(grouped, key_cache[:S, :, :horizon],
+                                                          value_cache[:S, :, :horizon], attn_mask=visible,
+                                                          scale=self.scaling)
+            else:
+                scores = (grouped @ key_cache[:S, :, :horizon].transpose(2, 3)).float().mul_(self.scaling)
+                weights = scores.masked_fill_(~visible, float("-inf")).softmax(dim=-1).to(self.dtype)
+                attended = weights @ value_cache[:S, :, :horizon]
+            attended = attended.view(S, self.num_heads, 1, self.head_dim)
             x = self._finish_layer(i, x, attended)
         return self.logits(x[:, 0])
 
@@ -575,6 +586,8 @@ class FastEngine:
     the same storage; on a GPU each is captured once in a CUDA graph and replayed (one launch instead of hundreds).
     None: on for the compact forward on a GPU, off otherwise (on a CPU it only adds work: rows and positions that
     are not in use).
+    ``attention``: the compact decode step's attention, ``matmul`` (two batched products around a softmax) or
+    ``sdpa`` (``scaled_dot_product_attention`` with the slots' mask; ``bench/gpu_engine.py`` times both on a GPU).
     """
 
     SMALLEST_SPAN = 64  # the shortest attention span a static step is captured for
@@ -587,14 +600,15 @@ class FastEngine:
 
     def __init__(self, model, tokenizer, *, max_slots: int = 256, dtype: torch.dtype | None = None,
                  prefill_batch: int = 32, check_every: int | None = None, forward: str = "auto",
-                 static: bool | None = None):
+                 static: bool | None = None, attention: str = "matmul"):
         self.model = model
         self.tokenizer = tokenizer
         # ``forward``: "compact" (r1lab's, for the families it knows), "hf" (the model's own over the same slots) or
         # "auto" (compact when it can)
         if forward == "auto":
             forward = "compact" if unsupported_reason(model) is None else "hf"
-        self.compact = CompactModel(model, dtype) if forward == "compact" else HFSlotModel(model, dtype)
+        self.compact = (CompactModel(model, dtype, attention) if forward == "compact"
+                        else HFSlotModel(model, dtype))
         self.fallback: TransformersEngine | None = None  # set when the model's own forward cannot drive the slots
         self.dtype = dtype
         self.stale = False
@@ -604,6 +618,8 @@ class FastEngine:
         is_compact = isinstance(self.compact, CompactModel)
         if static and not is_compact:
             raise ValueError("static decoding needs the compact forward (forward='compact')")
+        if attention != "matmul" and not is_compact:
+            raise ValueError(f"attention={attention!r} is the compact forward's (forward='compact')")
         self.static = static_by_default(self.compact.device.type, is_compact) if static is None else static
         self.graphs = self.static and self.compact.device.type == "cuda"
         self._kept: _Workspace | None = None  # a static engine's workspace, kept between calls
