@@ -1,10 +1,10 @@
 """fp32 linear layers on a CPU through oneDNN where it is faster than the BLAS that PyTorch calls.
 
-PyTorch multiplies fp32 matrices on a CPU with MKL. On processors that MKL does not tune for (AMD's: it runs its
-AVX2 code there even when the core has AVX-512), oneDNN, which PyTorch also ships, is two to three times faster for
-the products of a small model's training and decoding (measured on a 2-core AMD EPYC Zen 5: a 656 × 512 × 1,536
-product 4.6 ms through MKL, 2.1 ms through oneDNN; `python bench/cpu_matmul.py`). On Intel processors the two are
-close. So r1lab measures both once per process (about 50 ms) and takes oneDNN only where it pays:
+PyTorch multiplies fp32 matrices on a CPU with MKL, which on some processors runs well below what the cores can do:
+on 2 cores of an AMD EPYC (Zen 5, AVX-512) oneDNN, which PyTorch also ships, is two to three times faster for the
+products of a small model's training and decoding (a 656 × 512 × 1,536 product: 4.6 ms through MKL, 2.1 ms through
+oneDNN; ``python bench/cpu_matmul.py``). Where MKL is at its best the two are close. So r1lab measures both once per
+process (about 50 ms) and takes oneDNN only where it pays:
 
     R1LAB_CPU_MATMUL=auto     # default: measure, then choose
     R1LAB_CPU_MATMUL=onednn   # always oneDNN (where PyTorch has it)

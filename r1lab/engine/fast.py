@@ -147,7 +147,7 @@ class CompactModel:
         self.kv_width = self.num_kv_heads * self.head_dim
         self.weights: dict[str, torch.Tensor | None] = {}
         self.layout = 0  # bumped when ``refresh`` has to allocate a buffer anew (a captured graph holds the old one)
-        self.packed: dict[str, torch.Tensor] = {}  # MKL-packed matrices for products with `packed_rows` rows
+        self.packed: dict[str, torch.Tensor] = {}  # matrices packed (oneDNN or MKL) for `packed_rows`-row products
         self.packed_rows: int | None = None
         self.onednn = False  # products through oneDNN (r1lab.cpu_matmul): set by ``pack_for`` on a CPU in fp32
         self.num_layers = len(lm.model.layers)
