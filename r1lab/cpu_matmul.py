@@ -92,8 +92,12 @@ def onednn_pays() -> bool:
         return False
     if mode == "onednn":
         return True
-    with torch.inference_mode():
-        times = measure()
+    try:
+        with torch.inference_mode():
+            times = measure()
+    except RuntimeError as error:  # a oneDNN that cannot build its kernels on this CPU: MKL, and say why
+        log.info(f"cpu matmul: MKL (oneDNN failed on this CPU: {error})")
+        return False
     pays = (times["onednn_train"] <= PAYS_BELOW * times["blas_train"]
             and times["onednn_decode"] <= PAYS_BELOW * times["blas_decode"])
     log.info(f"cpu matmul: {'oneDNN' if pays else 'MKL'} (training product {times['blas_train'] * 1e3:.2f} ms MKL, "

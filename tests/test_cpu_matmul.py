@@ -110,6 +110,22 @@ def test_the_mode_switch(monkeypatch):
         cpu_matmul.onednn_pays.cache_clear()
 
 
+def test_a_onednn_that_fails_on_this_cpu_leaves_mkl(monkeypatch, caplog):
+    def broken():
+        raise RuntimeError("could not create a primitive")
+
+    monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
+    monkeypatch.setattr(cpu_matmul, "measure", broken)
+    monkeypatch.setenv(cpu_matmul.MODE_ENV, "auto")
+    cpu_matmul.onednn_pays.cache_clear()
+    try:
+        with caplog.at_level("INFO", logger="r1lab"):
+            assert cpu_matmul.onednn_pays() is False
+        assert "oneDNN failed on this CPU: could not create a primitive" in caplog.text
+    finally:
+        cpu_matmul.onednn_pays.cache_clear()
+
+
 @needs_onednn
 def test_auto_measures_both_libraries():
     times = cpu_matmul.measure()
