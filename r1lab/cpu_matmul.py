@@ -81,28 +81,42 @@ def measure() -> dict[str, float]:
     return times
 
 
+_choice = ""  # what onednn_pays decided and why, for ``choice()``
+
+
+def choice() -> str:
+    """A line for the user: which library multiplies fp32 matrices on the CPU in this process, and why."""
+    pays = onednn_pays()
+    return _choice or ("oneDNN" if pays else "MKL")
+
+
 @functools.cache
 def onednn_pays() -> bool:
     """Whether this process multiplies fp32 matrices on the CPU through oneDNN (``R1LAB_CPU_MATMUL``; in ``auto``
     mode measured once: oneDNN at most 0.8 of MKL's time for both a training and a decode product)."""
+    global _choice
     mode = _mode()
     if mode == "blas" or not onednn_available():
-        if mode == "onednn":
-            log.info("R1LAB_CPU_MATMUL=onednn: this PyTorch has no oneDNN linear operator; F.linear it is")
+        _choice = (f"MKL ({MODE_ENV}=blas)" if mode == "blas" else
+                   "MKL (this PyTorch has no oneDNN linear operator)")
+        log.info(f"cpu matmul: {_choice}")
         return False
     if mode == "onednn":
+        _choice = f"oneDNN ({MODE_ENV}=onednn)"
         return True
     try:
         with torch.inference_mode():
             times = measure()
     except RuntimeError as error:  # a oneDNN that cannot build its kernels on this CPU: MKL, and say why
-        log.info(f"cpu matmul: MKL (oneDNN failed on this CPU: {error})")
+        _choice = f"MKL (oneDNN failed on this CPU: {error})"
+        log.info(f"cpu matmul: {_choice}")
         return False
     pays = (times["onednn_train"] <= PAYS_BELOW * times["blas_train"]
             and times["onednn_decode"] <= PAYS_BELOW * times["blas_decode"])
-    log.info(f"cpu matmul: {'oneDNN' if pays else 'MKL'} (training product {times['blas_train'] * 1e3:.2f} ms MKL, "
-             f"{times['onednn_train'] * 1e3:.2f} ms oneDNN; decode product {times['blas_decode'] * 1e6:.0f} µs MKL, "
-             f"{times['onednn_decode'] * 1e6:.0f} µs oneDNN; {MODE_ENV}=blas or onednn to choose)")
+    _choice = (f"{'oneDNN' if pays else 'MKL'}, the faster here (a training product {times['blas_train'] * 1e3:.2f} ms "
+               f"MKL, {times['onednn_train'] * 1e3:.2f} ms oneDNN; a decode product {times['blas_decode'] * 1e6:.0f} "
+               f"µs MKL, {times['onednn_decode'] * 1e6:.0f} µs oneDNN; {MODE_ENV}=blas or onednn to choose)")
+    log.info(f"cpu matmul: {_choice}")
     return pays
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from r1lab.checkpoint import atomic_write_json, atomic_write_text, recover_dir, seed_everything
 from r1lab.config import ConfigError
 from r1lab.console import Console
-from r1lab.cpu_matmul import route_linear_layers
+from r1lab.cpu_matmul import choice as cpu_matmul_choice, route_linear_layers
 from r1lab.cpu_memory import keep_freed_memory
 from r1lab.dist import barrier, init_from_env, world
 from r1lab.evaluate import evaluate_model
@@ -89,6 +89,8 @@ def run_recipe(path: str | Path, overrides: list[str] = (), *, quiet: bool = Fal
     keep_freed_memory()  # no page faults for the tensors every step allocates again (r1lab.cpu_memory)
     seed_everything(run.seed)
     device = resolve_device(run.device)
+    if device.type == "cpu" and run.dtype == "float32":
+        console.print(f"fp32 matrix products: {cpu_matmul_choice()}")
     run_dir = Path(run.output_dir) / run.name
     with run_folder_lock(run_dir):
         command = " ".join(["r1lab run", str(path), *overrides])

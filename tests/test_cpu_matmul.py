@@ -99,6 +99,7 @@ def test_the_mode_switch(monkeypatch):
     try:
         monkeypatch.setenv(cpu_matmul.MODE_ENV, "blas")
         assert cpu_matmul.onednn_pays() is False
+        assert cpu_matmul.choice() == "MKL (R1LAB_CPU_MATMUL=blas)"  # the line a run prints
         cpu_matmul.onednn_pays.cache_clear()
         monkeypatch.setenv(cpu_matmul.MODE_ENV, "onednn")
         assert cpu_matmul.onednn_pays() is cpu_matmul.onednn_available()
@@ -122,6 +123,21 @@ def test_a_onednn_that_fails_on_this_cpu_leaves_mkl(monkeypatch, caplog):
         with caplog.at_level("INFO", logger="r1lab"):
             assert cpu_matmul.onednn_pays() is False
         assert "oneDNN failed on this CPU: could not create a primitive" in caplog.text
+        assert cpu_matmul.choice() == "MKL (oneDNN failed on this CPU: could not create a primitive)"
+    finally:
+        cpu_matmul.onednn_pays.cache_clear()
+
+
+@pytest.mark.parametrize("onednn_share,chosen", [(0.5, "oneDNN"), (0.9, "MKL")])
+def test_auto_takes_onednn_where_it_needs_at_most_0_8_of_mkls_time(monkeypatch, onednn_share, chosen):
+    times = {"blas_train": 2e-3, "onednn_train": 2e-3 * onednn_share, "blas_decode": 2e-4, "onednn_decode": 1e-4}
+    monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
+    monkeypatch.setattr(cpu_matmul, "measure", lambda: times)
+    monkeypatch.setenv(cpu_matmul.MODE_ENV, "auto")
+    cpu_matmul.onednn_pays.cache_clear()
+    try:
+        assert cpu_matmul.onednn_pays() is (chosen == "oneDNN")
+        assert cpu_matmul.choice().startswith(f"{chosen}, the faster here (a training product 2.00 ms MKL, ")
     finally:
         cpu_matmul.onednn_pays.cache_clear()
 
