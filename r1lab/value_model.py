@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from r1lab.cpu_matmul import route_linear_layers
 from r1lab.dist import world
 from r1lab.fsdp import full_state_dict, is_sharded
 from r1lab.logprobs import Batch
@@ -40,6 +41,7 @@ class ValueModel(nn.Module):
             raise ValueError(f"value head must be Linear({hidden}, 1), got weight {tuple(head.weight.shape)}")
         # the head stays fp32 when the backbone is bf16: one output per token, and returns need the precision
         self.head = head.float().to(next(backbone.parameters()).device)
+        route_linear_layers(self)  # fp32 on a CPU: oneDNN products where they beat MKL (r1lab.cpu_matmul)
 
     def values(self, batch: Batch) -> torch.Tensor:
         """V(s) for the state that predicts each completion token, (B, C), fp32.

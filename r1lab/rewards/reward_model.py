@@ -17,7 +17,6 @@ import torch
 
 from r1lab.checkpoint import atomic_dir
 from r1lab.config import from_dict, to_dict
-from r1lab.cpu_matmul import route_linear_layers
 from r1lab.encoding import encode_texts, split_response
 from r1lab.logprobs import make_batch
 from r1lab.models import load_tokenizer, resolve_device
@@ -45,7 +44,6 @@ class RewardModel:
 
     def __init__(self, value_model: ValueModel, tokenizer, template: PromptTemplate, *, batch_size: int = 16):
         self.value_model = value_model.eval()
-        route_linear_layers(value_model)  # fp32 on a CPU: oneDNN products where they beat MKL (r1lab.cpu_matmul)
         self.tokenizer = tokenizer
         self.template = template
         self.batch_size = batch_size

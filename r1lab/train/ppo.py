@@ -37,7 +37,6 @@ import torch
 
 from r1lab.advantages import adaptive_kl_coef, ppo_advantages
 from r1lab.checkpoint import atomic_dir
-from r1lab.cpu_matmul import route_linear_layers
 from r1lab.dist import all_reduce_sum, sum_over_ranks
 from r1lab.fsdp import shard_value_model
 from r1lab.losses import kl_penalty, masked_mean, ppo_policy_loss, value_loss
@@ -64,7 +63,6 @@ def train(cfg: PPOConfig, stage: Stage) -> StageOutput:
     value_from = (stage.resume_dir / "value_model" if policy.resume
                   else value_model_source(stage.outputs.model(cfg.value_init, default=stage.init, stage=stage.name)))
     value_model = init_value_model(value_from, dtype=stage.run.dtype, device=policy.device)
-    route_linear_layers(value_model)  # as the policy's (r1lab.cpu_matmul)
     if policy.sharded:  # parallel: fsdp2 shards the critic like the policy
         shard_value_model(value_model, mixed_precision=policy.mixed_precision)
     policy.attach_reference(cfg.kl_coef > 0)  # the reference is always the stage's starting policy
