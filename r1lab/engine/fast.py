@@ -30,7 +30,6 @@ a call whose sequences are longer than a sliding window, sample with ``Transform
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from transformers.cache_utils import Cache
 from r1lab import cpu_matmul
 from r1lab.engine.base import Generation, SamplingParams
 from r1lab.engine.hf import TransformersEngine
+from r1lab.logprobs import cache_keyword
 
 log = logging.getLogger("r1lab")
 
@@ -386,9 +386,7 @@ class HFSlotModel:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.packed_rows = None
         self.layout = 0  # the live model's weights: no copy whose storage could move
-        # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns until 5.40)
-        parameters = inspect.signature(lm.forward).parameters
-        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self.cache_argument = cache_keyword(lm)
 
     def refresh(self) -> None:  # the live model: nothing to copy
         pass
