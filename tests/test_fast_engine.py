@@ -5,8 +5,8 @@ import logging
 
 import pytest
 import torch
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM, TopKLogitsWarper, TopPLogitsWarper)
+from random_models import small_model as _small
+from transformers import TopKLogitsWarper, TopPLogitsWarper
 
 from r1lab.engine import FastEngine, SamplingParams, TransformersEngine, make_engine, unsupported_reason
 from r1lab.engine.fast import CompactModel, HFSlotModel, sample_next, uniforms, warp
@@ -19,34 +19,6 @@ PROMPTS = ["12+34=", "A conversation: what is 7*8? <think>", "9"]
 @pytest.fixture(scope="module")
 def tok():
     return build_tiny_tokenizer()
-
-
-def _small(tok, kind: str):
-    torch.manual_seed(11)
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
-    if kind == "tiny":
-        return build_tiny_model(tok, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=96, seed=5)
-    if kind == "qwen2":  # grouped-query attention, qkv bias, tied head
-        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
-    elif kind == "qwen3":  # q/k norms, head_dim not hidden/heads, untied head
-        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=24, tie_word_embeddings=False))
-    elif kind == "llama":  # Llama 3.x rope scaling, untied head, biases in attention and MLP
-        model = LlamaForCausalLM(LlamaConfig(**common, attention_bias=True, mlp_bias=True, rope_parameters={
-            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}))
-    elif kind == "mistral":
-        model = MistralForCausalLM(MistralConfig(**common, sliding_window=None))
-    else:
-        raise ValueError(kind)
-    with torch.no_grad():  # random init has tiny weights; larger ones give peaked, varied next-token distributions
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-            elif "bias" in str(p.shape) or p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
 
 
 def _ids(out):

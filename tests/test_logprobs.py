@@ -1,5 +1,6 @@
 import pytest
 import torch
+from random_models import small_model
 
 from r1lab.logprobs import completion_logprobs, make_batch, shared_prompt_rows
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, enable_activation_checkpointing
@@ -41,21 +42,9 @@ def test_gradient_flows_through_chunked_checkpointed_head():
 # --- each distinct prompt through the decoder once (shared_prompt_rows) -------------------------------------------
 
 def _random_model(tok, kind: str):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(3)
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
-    if kind == "tiny":
-        return build_tiny_model(tok, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=96, seed=5)
-    if kind == "qwen2":
-        return Qwen2ForCausalLM(Qwen2Config(**common))
-    if kind == "qwen2_sliding":
-        return Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True, sliding_window=8, max_window_layers=0))
-    if kind == "qwen3":
-        return Qwen3ForCausalLM(Qwen3Config(**common, head_dim=24))
-    return LlamaForCausalLM(LlamaConfig(**common, attention_bias=True))
+    if kind == "qwen2_sliding":  # every layer a sliding-window one
+        return small_model(tok, "qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=0).train()
+    return small_model(tok, kind).train()
 
 
 def _grouped_batch(tok):
@@ -89,8 +78,8 @@ def test_each_prompt_once_gives_the_logprobs_entropy_and_gradients_of_whole_rows
     assert (whole[0] - once[0])[mask].abs().max() < 1e-5
     assert (whole[1] - once[1])[mask].abs().max() < 1e-5
     assert whole[2].keys() == once[2].keys() and len(whole[2]) > 0
-    for name, grad in whole[2].items():
-        assert torch.allclose(grad, once[2][name], atol=1e-5, rtol=1e-4), name
+    for name, grad in whole[2].items():  # fp32 sums in another order: equal to a few ulps of the largest entry
+        assert (grad - once[2][name]).abs().max() <= 2e-6 * grad.abs().max(), name
     with torch.no_grad():  # and the row of the shortest prompt against the model's own full logits
         completion = batch.input_ids[3, batch.prompt_width:][:3].tolist()
         expected = naive_logprobs(model, batch.input_ids[3, batch.prompt_width - 2:batch.prompt_width].tolist(),
