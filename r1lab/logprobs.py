@@ -114,9 +114,11 @@ def shared_prompt_rows(decoder, batch: Batch) -> tuple[torch.Tensor, torch.Tenso
     return distinct[:, :width], distinct[:, width:].to(batch.attention_mask.dtype), row_prompt
 
 
-def _decoder_hidden(decoder, batch: Batch, share_prompts: bool) -> torch.Tensor:
+def completion_hidden(decoder, batch: Batch, share_prompts: bool = True) -> torch.Tensor:
     """The decoder's final hidden states (B, C, H) at the positions that predict the completion tokens: position
-    t predicts token t + 1, so completion token j is predicted from position P + j − 1."""
+    t predicts token t + 1, so completion token j is predicted from position P + j − 1. What the LM head reads
+    here, and a value model's head (``r1lab.value_model``). ``share_prompts``: each distinct prompt once
+    (``shared_prompt_rows``)."""
     width = batch.prompt_width
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     shared = shared_prompt_rows(decoder, batch) if share_prompts else None
@@ -144,7 +146,7 @@ def decoder_then_head_logprobs(model, batch: Batch, *, chunk_size: int | None, t
                                with_entropy: bool, max_chunk_elements: int,
                                share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``completion_logprobs``' computation: the decoder, then the LM head on completion positions in chunks."""
-    hidden = _decoder_hidden(model.get_decoder(), batch, share_prompts)  # (B, C, H), after the final norm
+    hidden = completion_hidden(model.get_decoder(), batch, share_prompts)  # (B, C, H), after the final norm
     targets = batch.input_ids[:, batch.prompt_width:]
     head = model.get_output_embeddings()
     if chunk_size is None:

@@ -19,7 +19,7 @@ from torch import nn
 from r1lab.cpu_matmul import route_linear_layers
 from r1lab.dist import world
 from r1lab.fsdp import full_state_dict, is_sharded
-from r1lab.logprobs import Batch
+from r1lab.logprobs import Batch, completion_hidden
 from r1lab.models import resolve_dtype
 
 HEAD_FILE = "value_head.safetensors"
@@ -49,10 +49,7 @@ class ValueModel(nn.Module):
         Same alignment as ``completion_logprobs``: completion token j is predicted at position P + j − 1, so
         values[:, j] is the value of the prefix that ends just before token j. Padding columns hold garbage; mask them.
         """
-        position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding does not shift positions
-        out = self.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            position_ids=position_ids, use_cache=False)
-        hidden = out.last_hidden_state[:, batch.prompt_width - 1:-1]  # (B, C, H), after the final norm
+        hidden = completion_hidden(self.backbone, batch)  # (B, C, H), after the final norm; each prompt run once
         return self.head(hidden.float()).squeeze(-1)  # (B, C)
 
     def save(self, path: str | Path | None) -> Path | None:

@@ -4,6 +4,7 @@ from random_models import small_model
 
 from r1lab.logprobs import completion_logprobs, make_batch, shared_prompt_rows
 from r1lab.models import build_tiny_model, build_tiny_tokenizer, enable_activation_checkpointing
+from r1lab.value_model import ValueModel
 
 
 def naive_logprobs(model, prompt, completion):
@@ -123,3 +124,23 @@ def test_rows_run_whole_where_sharing_cannot_apply(monkeypatch):
     model.train()
     logprobs, _ = completion_logprobs(model, batch)  # and the whole-row path still runs under it
     assert torch.isfinite(logprobs).all()
+
+
+def test_a_value_model_sees_each_prompt_once_with_the_values_and_gradients_of_whole_rows(monkeypatch):
+    tok = build_tiny_tokenizer()
+    critic = ValueModel(_random_model(tok, "qwen2").get_decoder())
+    with torch.no_grad():
+        critic.head.weight.normal_(0, 1.0)  # the default head starts near 0: make values and gradients sizeable
+    batch = _grouped_batch(tok)
+    results = []
+    for switch in ("0", "1"):
+        monkeypatch.setenv("R1LAB_SHARE_PROMPTS", switch)
+        critic.zero_grad(set_to_none=True)
+        values = critic.values(batch)
+        (values * batch.completion_mask).square().sum().backward()
+        results.append((values.detach(), {n: p.grad.clone() for n, p in critic.named_parameters()}))
+    (whole, whole_grads), (once, once_grads) = results
+    mask = batch.completion_mask.bool()
+    assert (whole - once)[mask].abs().max() <= 1e-5 * whole[mask].abs().max()
+    for name, grad in whole_grads.items():
+        assert (grad - once_grads[name]).abs().max() <= 2e-6 * grad.abs().max(), name
