@@ -31,7 +31,7 @@ from engine import SIZES, build  # noqa: E402
 from report_json import emit  # noqa: E402
 
 ROWS, POSITIONS, LENGTH = 16, 50, 80
-PRODUCTS = ("mkl::_mkl_linear", "aten::mm", "aten::bmm", "aten::addmm")
+PRODUCTS = ("mkl::_mkl_linear", "mkldnn::_linear_pointwise", "aten::mm", "aten::bmm", "aten::addmm")
 
 
 def read_rate() -> float:
@@ -86,7 +86,7 @@ def profile(size: str, folder: Path) -> dict:
             for _ in range(profiled):
                 step()
     # self times of the leaf operations (aten::linear's own time is its mm's, counted once)
-    events = [e for e in prof.key_averages() if e.key.startswith(("aten::", "mkl::"))]
+    events = [e for e in prof.key_averages() if e.key.startswith(("aten::", "mkl::", "mkldnn::"))]
     product_us = sum(e.self_cpu_time_total for e in events if e.key in PRODUCTS)
     other = [e for e in events if e.key not in PRODUCTS and e.self_cpu_time_total > 0]
     other_us = sum(e.self_cpu_time_total for e in other)

@@ -5,7 +5,8 @@
 # attention, and without graphs), then the Qwen2.5-0.5B R1-Zero recipe's GRPO step at
 # 64 x 128 in bf16-mixed with each engine, 4 steps (seconds per step, rollout seconds, peak memory). First,
 # tests/test_gpu.py: the decode steps captured in CUDA graphs give the completions of the eager steps (fp32), see
-# every optimizer step, agree in bf16, and with the fused decode attention.
+# every optimizer step, agree in bf16, and with the fused decode attention. Last, the same GRPO step with every row of
+# the training batch run whole (R1LAB_SHARE_PROMPTS=0) for the shared-prompt forward's worth on a GPU.
 #   bash bench/gpu_engine.sh OUT_DIR
 set -u
 out=${1:-runs/gpu_engine}
@@ -19,3 +20,7 @@ for engine in auto transformers; do
     stages.grpo.steps=4 stages.grpo.prompts_per_step=4 stages.grpo.group_size=16 stages.grpo.max_new_tokens=128 \
     stages.grpo.minibatches=1 stages.grpo.micro_batch_size=16 precision=bf16-mixed gradient_checkpointing=false
 done
+# the training half with every row whole instead of each prompt once (the engine as in recipe_auto)
+R1LAB_SHARE_PROMPTS=0 RUN_NAME=recipe_whole_rows bash bench/gpu_recipe_check.sh "$out/recipe_whole_rows" engine=auto \
+  stages.grpo.steps=4 stages.grpo.prompts_per_step=4 stages.grpo.group_size=16 stages.grpo.max_new_tokens=128 \
+  stages.grpo.minibatches=1 stages.grpo.micro_batch_size=16 precision=bf16-mixed gradient_checkpointing=false
