@@ -11,7 +11,9 @@ settings of the TRL baseline (fp32, G = 8, 2 prompts × 8 = 16 completions × 32
 * a GRPO step: r1lab (``r1lab run`` of a GRPO stage, engine auto) against TRL's GRPOTrainer at equal settings (β = 0,
   one update per rollout, token-mean loss, no gradient checkpointing in either, lr 1e-6 so the model barely moves).
 
-The first step of every run is left out (warm-up). Prints one JSON object; --out also writes it.
+The first step of every run is left out (warm-up). ``--rounds N`` runs the whole comparison N times, the sizes
+alternating, and reports the median of every figure with each ratio's range. Prints one JSON object; --out also
+writes it.
 """
 
 from __future__ import annotations
@@ -154,11 +156,61 @@ def trl_grpo(model_dir: Path, rows: list[dict], out: Path, steps: int) -> dict:
             "steps": len(step_times) - 1}
 
 
+def measure(size: str, args, have_trl: bool) -> dict:
+    """One round for one model: every engine's rollout rate and every GRPO step, side by side."""
+    with tempfile.TemporaryDirectory(prefix="r1lab-engine-") as tmp:
+        tmp = Path(tmp)
+        model, tokenizer, parameters = build(size, tmp / "model")
+        rows = prompts(tokenizer, 256)
+        entry = {"parameters": parameters, "rollout": {}, "grpo_step": {}}
+        for engine in ("fast", "transformers"):
+            entry["rollout"][engine] = rollout_rate(engine, model, tokenizer, rows, args.repeats)
+            print(size, "rollout", engine, entry["rollout"][engine], file=sys.stderr)
+        for engine in ("auto", "transformers"):
+            entry["grpo_step"][f"r1lab_{engine}"] = r1lab_grpo(tmp / "model", tmp / "runs", args.steps, engine)
+            print(size, "grpo", engine, entry["grpo_step"][f"r1lab_{engine}"], file=sys.stderr)
+        if have_trl:
+            entry["grpo_step"]["trl"] = trl_grpo(tmp / "model", rows, tmp, args.steps)
+            print(size, "grpo trl", entry["grpo_step"]["trl"], file=sys.stderr)
+    fast = entry["rollout"]["fast"]["tokens_per_second"]
+    ratios = {"rollout_fast_vs_transformers": fast / entry["rollout"]["transformers"]["tokens_per_second"]}
+    if have_trl:
+        trl_step = entry["grpo_step"]["trl"]
+        ratios["rollout_fast_vs_trl_generate"] = fast / trl_step["rollout_tokens_per_second"]
+        ratios["grpo_step_trl_over_r1lab"] = trl_step["step_seconds"] / entry["grpo_step"]["r1lab_auto"][
+            "step_seconds"]
+    entry["ratios"] = {k: round(v, 2) for k, v in ratios.items()}
+    return entry
+
+
+def summary(rounds: list[dict]) -> dict:
+    """The median of every figure over the rounds, and each ratio's range (these 2-core VMs vary by ±15% from one
+    run to the next, and each library's runs by themselves)."""
+    def median(path: list[str]) -> float:
+        values = []
+        for entry in rounds:
+            for key in path:
+                entry = entry[key]
+            values.append(entry)
+        return round(statistics.median(values), 4)
+
+    first = rounds[0]
+    return {"parameters": first["parameters"],
+            "rollout_tokens_per_second": {e: median(["rollout", e, "tokens_per_second"]) for e in first["rollout"]},
+            "grpo_step_seconds": {name: median(["grpo_step", name, "step_seconds"]) for name in first["grpo_step"]},
+            "ratios": {k: median(["ratios", k]) for k in first["ratios"]},
+            "ratio_ranges": {k: [min(r["ratios"][k] for r in rounds), max(r["ratios"][k] for r in rounds)]
+                             for k in first["ratios"]},
+            "rounds": rounds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated: " + ", ".join(SIZES))
     parser.add_argument("--repeats", type=int, default=10, help="timed generate calls per engine")
     parser.add_argument("--steps", type=int, default=9, help="GRPO steps per run (the first is left out)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="times the whole comparison runs (the sizes alternating); medians and ranges reported")
     parser.add_argument("--out", default="", help="also write the JSON here")
     args = parser.parse_args()
     try:
@@ -176,30 +228,13 @@ def main() -> None:
     results = {"torch_threads": torch.get_num_threads(), "r1lab_cpu_matmul": "onednn" if onednn_pays() else "blas",
                "settings": {
         "dtype": "float32", "group": GROUP, "prompts_per_step": PROMPTS_PER_STEP, "new_tokens": NEW_TOKENS}}
-    for size in args.sizes.split(","):
-        with tempfile.TemporaryDirectory(prefix="r1lab-engine-") as tmp:
-            tmp = Path(tmp)
-            model, tokenizer, parameters = build(size, tmp / "model")
-            rows = prompts(tokenizer, 256)
-            entry = {"parameters": parameters, "rollout": {}, "grpo_step": {}}
-            for engine in ("fast", "transformers"):
-                entry["rollout"][engine] = rollout_rate(engine, model, tokenizer, rows, args.repeats)
-                print(size, "rollout", engine, entry["rollout"][engine], file=sys.stderr)
-            for engine in ("auto", "transformers"):
-                entry["grpo_step"][f"r1lab_{engine}"] = r1lab_grpo(tmp / "model", tmp / "runs", args.steps, engine)
-                print(size, "grpo", engine, entry["grpo_step"][f"r1lab_{engine}"], file=sys.stderr)
-            if have_trl:
-                entry["grpo_step"]["trl"] = trl_grpo(tmp / "model", rows, tmp, args.steps)
-                print(size, "grpo trl", entry["grpo_step"]["trl"], file=sys.stderr)
-            fast = entry["rollout"]["fast"]["tokens_per_second"]
-            ratios = {"rollout_fast_vs_transformers": fast / entry["rollout"]["transformers"]["tokens_per_second"]}
-            if have_trl:
-                trl_step = entry["grpo_step"]["trl"]
-                ratios["rollout_fast_vs_trl_generate"] = fast / trl_step["rollout_tokens_per_second"]
-                ratios["grpo_step_trl_over_r1lab"] = trl_step["step_seconds"] / entry["grpo_step"]["r1lab_auto"][
-                    "step_seconds"]
-            entry["ratios"] = {k: round(v, 2) for k, v in ratios.items()}
-            results[size] = entry
+    sizes = args.sizes.split(",")
+    rounds = {size: [] for size in sizes}
+    for _ in range(args.rounds):
+        for size in sizes:
+            rounds[size].append(measure(size, args, have_trl))
+    for size in sizes:
+        results[size] = summary(rounds[size])
     emit(results, args.out)
 
 
