@@ -10,7 +10,8 @@ through the decoder once: its keys and values are copied to each of its rows, wh
 (as a decode step attends to its cache; the shared-prefix forward of Liu et al., "Prefix Grouper", arXiv 2506.05433).
 A causal decoder's prompt positions do not depend on what follows them, so the logprobs are the ones a forward of
 every full row gives, and so are the gradients (each shared prompt's gets the sum over its rows). With G = 8, 9-token
-prompts and 32-token completions this is a fifth fewer tokens through the decoder; with long prompts most of them.
+prompts and 32-token completions this is a sixth fewer tokens through the decoder (a few percent less time, since
+the second decoder call has fixed costs of its own); with long prompts most of them (``bench/shared_prompts.py``).
 """
 
 from __future__ import annotations
@@ -94,9 +95,9 @@ def cache_keyword(module) -> str:
 
 
 def shared_prompt_rows(decoder, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(the distinct prompts' ids (U, P), their attention mask (U, P), each row's prompt (B,)) when some rows share a prompt
-    and the decoder can take their keys and values as a cache; None when each row must run whole: no prompt
-    repeats, activation checkpointing (a recomputed layer would write the cache twice), a cache layout other
+    """(the distinct prompts' ids (U, P), their attention mask (U, P), each row's prompt (B,)) when some rows share
+    a prompt and the decoder can take their keys and values as a cache; None when each row must run whole: no
+    prompt repeats, activation checkpointing (a recomputed layer would write the cache twice), a cache layout other
     than plain full-attention layers (sliding windows, recurrent states), or ``R1LAB_SHARE_PROMPTS=0`` in the
     environment (to rule the shared forward out when looking for a bug)."""
     width = batch.prompt_width
