@@ -10,7 +10,7 @@ through the decoder once: its keys and values are copied to each of its rows, wh
 (as a decode step attends to its cache; the shared-prefix forward of Liu et al., "Prefix Grouper", arXiv 2506.05433).
 A causal decoder's prompt positions do not depend on what follows them, so the logprobs are the ones a forward of
 every full row gives, and so are the gradients (each shared prompt's gets the sum over its rows). With G = 8, 9-token
-prompts and 32-token completions this is a sixth fewer tokens through the decoder (a few percent less time, since
+prompts and 32-token completions this is a fifth fewer tokens through the decoder (a few percent less time, since
 the second decoder call has fixed costs of its own); with long prompts most of them (``bench/shared_prompts.py``).
 """
 
