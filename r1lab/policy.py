@@ -7,7 +7,7 @@ precision belong here and nowhere else.
 
     policy = Policy.load(init, settings, device, resume_from=stage.checkpoint_dir)
     policy.attach_reference(kl_coef > 0)                      # frozen copy, adapters off under LoRA, or none
-    policy.configure_optimizer(OptimizerSettings(lr=1e-4, ...), schedule=warmup_then_decay(200, 5, "cosine"))
+    policy.configure_optimizer(OptimizerSettings(lr=1e-4, ...), schedule=warmup_from_zero_then_decay(200, 5, "cosine"))
     stats = policy.backward(batch, rows, loss_fn, micro_batch_size=8, weight_by="tokens")
     policy.optimizer_step()                                    # clip, AdamW, tell the generators
     policy.schedule_step()
@@ -52,7 +52,7 @@ def _item(value: torch.Tensor) -> float:
 
 def warmup_then_decay(total_steps: int, warmup_steps: int, decay: str) -> Callable[[int], float]:
     """Linear warmup multiplied by a decay over ``total_steps`` to 10% at the end: ``constant`` (no decay),
-    ``cosine`` or ``linear``. The RL trainers and pretraining use it."""
+    ``cosine`` or ``linear``. Pretraining uses it (the RL stages: ``warmup_from_zero_then_decay``)."""
     if decay not in ("constant", "cosine", "linear"):
         raise ValueError(f"unknown learning-rate decay {decay!r}; choose constant, cosine or linear")
 
@@ -64,6 +64,28 @@ def warmup_then_decay(total_steps: int, warmup_steps: int, decay: str) -> Callab
         if decay == "linear":
             return warm * (1 - 0.9 * progress)
         return warm
+
+    return factor
+
+
+def warmup_from_zero_then_decay(total_steps: int, warmup_steps: int, decay: str) -> Callable[[int], float]:
+    """The RL stages' schedule, in transformers' convention (the one TRL's GRPOTrainer runs): the rate rises
+    linearly from 0 at the first step, which only fills AdamW's moments, to the peak at step ``warmup_steps``, then
+    decays over the remaining steps towards 10%: ``constant`` (no decay), ``cosine`` or ``linear``. On the embedded
+    R1-Zero task, ten seeds each, it ended at held-out pass@1 0.991 on average where ``warmup_then_decay`` (a first
+    step at 1/warmup of the peak, the decay counted from step 0) ended at 0.976 (README, "R1-Zero alone")."""
+    if decay not in ("constant", "cosine", "linear"):
+        raise ValueError(f"unknown learning-rate decay {decay!r}; choose constant, cosine or linear")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if decay == "cosine":
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        if decay == "linear":
+            return 1 - 0.9 * progress
+        return 1.0
 
     return factor
 

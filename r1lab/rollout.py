@@ -21,7 +21,7 @@ from r1lab.engine import Generation, SamplingParams
 from r1lab.generation import Generator, sample_and_score
 from r1lab.logprobs import Batch, make_batch
 from r1lab.models import peak_memory
-from r1lab.policy import OptimizerSettings, Policy, warmup_then_decay
+from r1lab.policy import OptimizerSettings, Policy, warmup_from_zero_then_decay
 from r1lab.rewards import ScoreResult
 from r1lab.rewards.scoring import RewardFailedError, concat_scores
 from r1lab.stage import Stage
@@ -189,7 +189,8 @@ def optimizer_settings(cfg: OnlineRLConfig, extra_groups: list[dict] | None = No
 
 def start_online_rl(stage: Stage, cfg: OnlineRLConfig, policy: Policy,
                     extra_groups: list[dict] | None = None) -> tuple[Generator, object, list[dict]]:
-    """What GRPO and PPO do before their first step: AdamW and the warmup-then-decay schedule (restored on resume),
+    """What GRPO and PPO do before their first step: AdamW and the warmup-from-zero-then-decay schedule (restored on
+    resume),
     the stage's generator, the task the prompts come from and its pool of training problems (the same for both
     algorithms, so that they see the same problems at every step), and the held-out evaluation of the start.
     Returns (generator, prompt task, pool)."""
@@ -198,7 +199,7 @@ def start_online_rl(stage: Stage, cfg: OnlineRLConfig, policy: Policy,
     except ValueError as error:
         raise ConfigError(f"stage '{stage.name}': {error}") from error
     policy.configure_optimizer(optimizer_settings(cfg, extra_groups),
-                               warmup_then_decay(cfg.steps, cfg.warmup_steps, cfg.lr_schedule))
+                               warmup_from_zero_then_decay(cfg.steps, cfg.warmup_steps, cfg.lr_schedule))
     generator = stage.generator(policy)
     prompt_task = stage.prompt_task(cfg.task)
     pool = prompt_task.examples("train", max(4096, cfg.prompts_per_step * 64), seed=stage.run.seed)

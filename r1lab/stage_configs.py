@@ -28,8 +28,10 @@ class OnlineRLConfig:
     top_p: float = doc(1.0, "Nucleus sampling for rollouts (1.0 keeps sampler and trainer logprobs consistent).")
     top_k: int = doc(0, "Top-k sampling for rollouts (0: off).")
     lr: float = doc(1e-4, "Peak learning rate of the policy (AdamW).")
-    lr_schedule: Literal["constant", "cosine", "linear"] = doc("constant", "Decay after warmup (to 10% at the end).")
-    warmup_steps: int = doc(5, "Linear learning-rate warmup steps.")
+    lr_schedule: Literal["constant", "cosine", "linear"] = doc("constant", "Decay after the warmup (to 10% at the "
+                                                                           "end).")
+    warmup_steps: int = doc(5, "Linear learning-rate warmup from 0 (the first step only fills AdamW's moments, as "
+                               "in transformers' schedulers) to the peak at this step.")
     weight_decay: float = doc(0.0, "AdamW weight decay.")
     adam_betas: list[float] = doc([0.9, 0.99], "AdamW β1, β2 (β2 0.99: second moments that follow the fast-moving "
                                                "RL gradients).")

@@ -16,7 +16,9 @@ from r1lab.stage import Stage
 def recipe(tmp_path, model, name, **grpo):
     stage = {"kind": "grpo", "steps": 3, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 10,
              "eval_every": 0, "save_every": 1, "lr": 1e-3, "eval": False,
-             # a reward with spread, so that every step moves the weights
+             # no warmup (it starts at 0: a first step would leave the weights) and a reward with spread, so that
+             # every step moves the weights
+             "warmup_steps": 0,
              "rewards": {"format_soft": 1.0, "accuracy": 1.0}, **grpo}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"name": name, "output_dir": str(tmp_path / "runs"), "model": str(model),

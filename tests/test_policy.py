@@ -7,7 +7,8 @@ import torch
 from r1lab.generation import Generator
 from r1lab.logprobs import make_batch
 from r1lab.losses import masked_mean
-from r1lab.policy import ModelSettings, OptimizerSettings, Policy, warmup_cosine, warmup_then_decay
+from r1lab.policy import (ModelSettings, OptimizerSettings, Policy, warmup_cosine, warmup_from_zero_then_decay,
+                          warmup_then_decay)
 
 
 @pytest.fixture()
@@ -167,6 +168,14 @@ def test_schedules_hand_values():
     assert [sft(s) for s in range(5)] == pytest.approx([1.0, 1.0, 0.775, 0.325, 0.1])
     with pytest.raises(ValueError, match="unknown learning-rate decay 'step'"):
         warmup_then_decay(10, 1, "step")
+    # the RL stages': from 0 at the first step to the peak at step 2, then a cosine over steps 2..10
+    rl_from_zero = warmup_from_zero_then_decay(total_steps=10, warmup_steps=2, decay="cosine")
+    assert [rl_from_zero(s) for s in (0, 1, 2, 6, 10)] == pytest.approx([0.0, 0.5, 1.0, 0.55, 0.1])
+    assert warmup_from_zero_then_decay(10, 0, "cosine")(0) == 1.0  # no warmup: the peak from the first step
+    assert warmup_from_zero_then_decay(10, 2, "linear")(6) == pytest.approx(1 - 0.9 * 0.5)
+    assert warmup_from_zero_then_decay(10, 2, "constant")(9) == 1.0
+    with pytest.raises(ValueError, match="unknown learning-rate decay 'step'"):
+        warmup_from_zero_then_decay(10, 1, "step")
 
 
 def _share_of_weights_changed(policy, steps: int = 10, lr: float = 1e-6) -> float:
