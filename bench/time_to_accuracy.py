@@ -6,7 +6,8 @@ same tiny base, in one script on one machine.
 
 The base is the one ``recipes/tiny/r1_zero.yaml`` builds (its ``base`` stage, taken from the model cache when there).
 Both trainers then run that recipe's GRPO settings: 8 prompts × G 8, 48 new tokens, temperature 1, lr 1e-4 with 5
-warmup steps and a cosine decay to 10%, AdamW betas (0.9, 0.99), clip 1.0, β 0, advantages not divided by the group
+warmup steps from 0 and a cosine decay to 10% from the warmup's end (transformers' schedule in both), AdamW betas
+(0.9, 0.99), clip 1.0, β 0, advantages not divided by the group
 std (TRL: scale_rewards="none"), token-mean loss (TRL: loss_type="dapo"), accuracy 1.0 + format 0.1 scored by
 r1lab's rewards in both. Every 25 steps (``--eval-every``) both are evaluated the same way (r1lab's quick
 evaluation: 100 held-out problems × 2 samples at T 0.6, top-p 0.95, with r1lab's engine); evaluation time is not

@@ -144,3 +144,17 @@ def test_a_value_model_sees_each_prompt_once_with_the_values_and_gradients_of_wh
     assert (whole - once)[mask].abs().max() <= 1e-5 * whole[mask].abs().max()
     for name, grad in whole_grads.items():
         assert (grad - once_grads[name]).abs().max() <= 2e-6 * grad.abs().max(), name
+
+
+def test_each_prompt_once_under_bf16_autocast_agrees_with_whole_rows():
+    """bf16-mixed (fp32 weights, bf16 compute under autocast): the cached prompt keys and values are bf16 and join
+    the completions' in the same dtype; the logprobs agree with whole rows to bf16's precision."""
+    tok = build_tiny_tokenizer()
+    model = _random_model(tok, "qwen2")
+    batch = _grouped_batch(tok)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        whole, _ = completion_logprobs(model, batch, share_prompts=False)
+        once, _ = completion_logprobs(model, batch)
+    mask = batch.completion_mask.bool()
+    assert once.dtype == whole.dtype == torch.float32
+    assert (whole - once)[mask].abs().max() < 0.1 and (whole - once)[mask].abs().mean() < 0.02
