@@ -190,9 +190,8 @@ def optimizer_settings(cfg: OnlineRLConfig, extra_groups: list[dict] | None = No
 def start_online_rl(stage: Stage, cfg: OnlineRLConfig, policy: Policy,
                     extra_groups: list[dict] | None = None) -> tuple[Generator, object, list[dict]]:
     """What GRPO and PPO do before their first step: AdamW and the warmup-from-zero-then-decay schedule (restored on
-    resume),
-    the stage's generator, the task the prompts come from and its pool of training problems (the same for both
-    algorithms, so that they see the same problems at every step), and the held-out evaluation of the start.
+    resume), the stage's generator, the task the prompts come from and its pool of training problems (the same for
+    both algorithms, so that they see the same problems at every step), and the held-out evaluation of the start.
     Returns (generator, prompt task, pool)."""
     try:  # under torchrun each rank samples whole groups for an equal share of the prompts
         shard(cfg.prompts_per_step, "prompts_per_step")
