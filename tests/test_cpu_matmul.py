@@ -34,18 +34,20 @@ def blas(monkeypatch):
 
 
 @needs_onednn
-@pytest.mark.parametrize("shape,bias,transposed", [((7, 48), True, False), ((3, 5, 48), False, False),
-                                                    ((5, 3, 48), True, True)])
-def test_linear_gives_f_linear_values_and_gradients(shape, bias, transposed):
+@pytest.mark.parametrize("shape,bias,transposed,out", [((7, 48), True, False, 40), ((3, 5, 48), False, False, 40),
+                                                        ((5, 3, 48), True, True, 40), ((3, 5, 48), True, False, 96),
+                                                        ((5, 3, 48), False, True, 96)])
+def test_linear_gives_f_linear_values_and_gradients(shape, bias, transposed, out):
+    """out 40 < in 48 and out 96 > in 48: the weight gradient's two orientations (the narrower factor transposed)."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=generator)
     if transposed:  # a non-contiguous input, as a slice or transpose of hidden states arrives
         x = x.transpose(0, 1).contiguous().transpose(0, 1)
-    weight = torch.randn(40, 48, generator=generator)
-    b = torch.randn(40, generator=generator) if bias else None
+    weight = torch.randn(out, 48, generator=generator)
+    b = torch.randn(out, generator=generator) if bias else None
     leaves = [t.clone().requires_grad_() for t in (x, weight)] + ([b.clone().requires_grad_()] if bias else [])
     others = [t.clone().requires_grad_() for t in (x, weight)] + ([b.clone().requires_grad_()] if bias else [])
-    upstream = torch.randn(*shape[:-1], 40, generator=generator)
+    upstream = torch.randn(*shape[:-1], out, generator=generator)
     ours = cpu_matmul.linear(leaves[0], leaves[1], leaves[2] if bias else None)
     reference = F.linear(others[0], others[1], others[2] if bias else None)
     assert ours.shape == reference.shape

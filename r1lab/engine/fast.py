@@ -245,7 +245,10 @@ class CompactModel:
         return cpu_matmul.linear(x, weight, bias) if self.onednn else F.linear(x, weight, bias)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        # as transformers' RMSNorm: normalise in fp32, scale in the compute dtype
+        # as transformers' RMSNorm: normalise in fp32, scale in the compute dtype (in fp32 the weight goes inside
+        # the one call: the same product, one operation less)
+        if x.dtype == torch.float32 and weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), weight, eps=self.eps)
         return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
     def rope(self, positions: torch.Tensor) -> torch.Tensor:
@@ -271,7 +274,10 @@ class CompactModel:
     def _finish_layer(self, i: int, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """attended (B, heads, T, D) -> the residual stream after the attention output and the MLP."""
         B, _, T, _ = attended.shape
-        x = x + self._matmul(attended.transpose(1, 2).reshape(B, T, -1), f"{i}.o")
+        return self._mlp(i, x + self._matmul(attended.transpose(1, 2).reshape(B, T, -1), f"{i}.o"))
+
+    def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream x (..., H) after layer i's MLP."""
         gate, up = self._matmul(self._norm(x, self._w(i, "post_norm")), f"{i}.gate_up").chunk(2, dim=-1)
         return x + self._matmul(F.silu(gate) * up, f"{i}.down")
 
@@ -309,35 +315,48 @@ class CompactModel:
                values: list[torch.Tensor], horizon: int) -> torch.Tensor:
         """One token per slot: ``tokens``, ``positions`` (S,) -> logits (S, V). Writes each slot's key and value at
         its position into ``keys[l]``, ``values[l]`` (≥ S slots, kv heads, length, D), then attends over the first
-        ``horizon`` positions, masked to those up to each slot's own."""
-        S = tokens.shape[0]
-        length = keys[0].shape[2]
-        heads = torch.arange(self.num_kv_heads, device=tokens.device)
-        # row of (slot, kv head, position) in a cache seen as (slots × kv heads × length, D)
-        rows = ((torch.arange(S, device=tokens.device)[:, None] * self.num_kv_heads + heads) * length
-                + positions[:, None]).flatten()
-        rotation = self.rope(positions[:, None])
-        visible = (torch.arange(horizon, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
+        ``horizon`` positions, masked to those up to each slot's own.
 
-        x = F.embedding(tokens[:, None], self.weights["embed"])
+        The same arithmetic as ``prefill`` in as few operations as it takes, since at a few rows a step costs what
+        its operations cost to launch: the residual stream stays (S, H), q and k are rotated in one product, the
+        heads sharing a kv head are the rows of one batched product (no repeat of the cache for grouped-query
+        attention) and the mask is built once per step (against per-layer 4D views: the same bits, 11–13% faster at
+        16–64 rows of 0.8M–3.4M models, 6% at 25.8M)."""
+        S, D = tokens.shape[0], self.head_dim
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        group, length = heads // kv_heads, keys[0].shape[2]
+        # row of (slot, kv head, position) in a cache seen as (slots × kv heads × length, D)
+        rows = (torch.arange(S * kv_heads, device=tokens.device).view(S, kv_heads) * length
+                + positions[:, None]).flatten()
+        rotation = self.rope(positions)  # (S, 1, D / 2)
+        visible = torch.arange(horizon, device=tokens.device) <= positions[:, None]  # (S, horizon)
+        hidden = ~visible[:, None, :]
+        qk_width = self.q_width + self.kv_width
+
+        x = F.embedding(tokens, self.weights["embed"])  # (S, H)
         for i, (key_cache, value_cache) in enumerate(zip(keys, values)):
-            q, k, v = self._attention_inputs(i, x, rotation)
-            key_cache.view(-1, self.head_dim).index_copy_(0, rows, k.reshape(-1, self.head_dim))
-            value_cache.view(-1, self.head_dim).index_copy_(0, rows, v.reshape(-1, self.head_dim))
-            # one query per slot; the heads sharing a kv head are its rows (no repeat of the cache for grouped-query
-            # attention). Plain matmuls beat a fused kernel on the CPUs measured; on a GPU either may
-            grouped = q.view(S, self.num_kv_heads, -1, self.head_dim)
-            if self.attention == "sdpa":
-                attended = F.scaled_dot_product_attention(grouped, key_cache[:S, :, :horizon],
-                                                          value_cache[:S, :, :horizon], attn_mask=visible,
-                                                          scale=self.scaling)
+            qkv = self._matmul(self._norm(x, self._w(i, "input_norm")), f"{i}.qkv")
+            if self._w(i, "q_norm") is None:  # q and k side by side in qkv: one rotation for both
+                qk = self._rotate(qkv[:, :qk_width].view(S, heads + kv_heads, D), rotation)
+                q, k = qk[:, :heads], qk[:, heads:]
             else:
-                scores = (grouped @ key_cache[:S, :, :horizon].transpose(2, 3)).float().mul_(self.scaling)
-                weights = scores.masked_fill_(~visible, float("-inf")).softmax(dim=-1).to(self.dtype)
-                attended = weights @ value_cache[:S, :, :horizon]
-            attended = attended.view(S, self.num_heads, 1, self.head_dim)
-            x = self._finish_layer(i, x, attended)
-        return self.logits(x[:, 0])
+                q = self._rotate(self._norm(qkv[:, :self.q_width].view(S, heads, D), self._w(i, "q_norm")), rotation)
+                k = self._rotate(self._norm(qkv[:, self.q_width:qk_width].view(S, kv_heads, D),
+                                            self._w(i, "k_norm")), rotation)
+            key_cache.view(-1, D).index_copy_(0, rows, k.reshape(-1, D))
+            value_cache.view(-1, D).index_copy_(0, rows, qkv[:, qk_width:].reshape(-1, D))
+            if self.attention == "sdpa":
+                attended = F.scaled_dot_product_attention(
+                    q.reshape(S, kv_heads, group, D), key_cache[:S, :, :horizon], value_cache[:S, :, :horizon],
+                    attn_mask=visible[:, None, None, :], scale=self.scaling)
+            else:  # plain products beat a fused kernel on the CPUs measured; on a GPU either may
+                cached_keys = key_cache.view(-1, length, D)[:S * kv_heads, :horizon]
+                scores = torch.bmm(q.reshape(S * kv_heads, group, D), cached_keys.transpose(1, 2)).float()
+                scores = scores.view(S, heads, horizon).mul_(self.scaling).masked_fill_(hidden, float("-inf"))
+                weights = scores.softmax(dim=-1).to(self.dtype).view(S * kv_heads, group, horizon)
+                attended = torch.bmm(weights, value_cache.view(-1, length, D)[:S * kv_heads, :horizon])
+            x = self._mlp(i, x + self._matmul(attended.reshape(S, heads * D), f"{i}.o"))
+        return self.logits(x)
 
 
 # --- any other causal LM: the Hugging Face model itself over the same slots ---------------------------------------
@@ -542,8 +561,9 @@ class _Workspace:
         self.slots, self.length, self.max_new = slots, length, max_new
         self.keys = [torch.zeros(shape, device=device, dtype=compact.dtype) for _ in range(compact.num_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=compact.dtype) for _ in range(compact.num_layers)]
-        self.out_tokens = torch.zeros(slots, max_new, dtype=torch.long, device=device)
-        self.out_logprobs = torch.zeros(slots, max_new, dtype=torch.float32, device=device)
+        # one column more than a sequence can fill: a finished slot's step writes there (no mask needed)
+        self.out_tokens = torch.zeros(slots, max_new + 1, dtype=torch.long, device=device)
+        self.out_logprobs = torch.zeros(slots, max_new + 1, dtype=torch.float32, device=device)
         # per slot: the sequence it holds, the last token, its position, tokens generated so far, ended
         self.sequence = torch.zeros(slots, dtype=torch.long, device=device)
         self.last = torch.zeros(slots, dtype=torch.long, device=device)
@@ -742,7 +762,7 @@ class FastEngine:
         compact.pack_for(slots)
         # the random number of every (sequence, token index), drawn once
         numbers = uniforms(params.seed, params.first_sequence + torch.arange(total, device=device)[:, None],
-                           torch.arange(max_new, device=device)[None, :]) if params.temperature > 0 else None
+                           torch.arange(max_new + 1, device=device)[None, :]) if params.temperature > 0 else None
         ws = self._workspace(slots, length, max_new)
         keys, values, out_tokens, out_logprobs = ws.keys, ws.values, ws.out_tokens, ws.out_logprobs
         sequence, last, position, count, done = ws.state()
@@ -819,17 +839,19 @@ class FastEngine:
                     live, horizon = self._compact(held, live, keys, values, out_tokens, out_logprobs, ws.state(),
                                                   horizon)
             logits = self._decode(ws, live, horizon, length)
-            column = count[:live].clamp(max=max_new - 1)
+            # a finished slot (its result already collected, or a free slot) samples too; what it writes lies past
+            # its `count` (column max_new at most), and its count and position stay
+            column = count[:live, None]
             token, logprob = sample_next(logits, params,
-                                         numbers[sequence[:live], column] if numbers is not None else None)
+                                         numbers[sequence[:live, None], column].squeeze(1) if numbers is not None
+                                         else None)
             active = ~done[:live]
-            rows = torch.arange(live, device=device)
-            out_tokens[rows, column] = torch.where(active, token, out_tokens[rows, column])
-            out_logprobs[rows, column] = torch.where(active, logprob, out_logprobs[rows, column])
-            last[:live] = torch.where(active, token, last[:live])
+            out_tokens[:live].scatter_(1, column, token[:, None])
+            out_logprobs[:live].scatter_(1, column, logprob[:, None])
+            last[:live] = token
             position[:live] += active
             count[:live] += active
-            done[:live] |= active & ((token == eos_id) | (count[:live] >= max_new))
+            done[:live] |= (token == eos_id) | (count[:live] >= max_new)
             horizon = min(horizon + 1, length)
             steps += 1
         if self.static:
