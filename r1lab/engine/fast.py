@@ -841,8 +841,8 @@ class FastEngine:
                     live, horizon = self._compact(held, live, keys, values, out_tokens, out_logprobs, ws.state(),
                                                   horizon)
             logits = self._decode(ws, live, horizon, length)
-            # a finished slot (its result already collected, or a free slot) samples too; what it writes lies past
-            # its `count` (column max_new at most), and its count and position stay
+            # a finished or free slot steps too: what it writes lies past its `count` (column max_new at most, read
+            # by no one), and its count and position stay
             column = count[:live, None]
             token, logprob = sample_next(logits, params,
                                          numbers[sequence[:live, None], column].squeeze(1) if numbers is not None
