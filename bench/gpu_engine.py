@@ -14,6 +14,7 @@ with each engine is ``bench/gpu_engine.sh``'s second part. Prints one JSON objec
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -110,14 +111,20 @@ def main() -> None:
     engines = {"fast": FastEngine(model, tokenizer), "fast_sdpa": FastEngine(model, tokenizer, attention="sdpa"),
                "fast_no_graphs": FastEngine(model, tokenizer, static=False),
                "transformers": TransformersEngine(model, tokenizer)}
+    def save_so_far() -> None:  # a run cut off by the device's time limit still leaves what it measured
+        if args.out:
+            Path(args.out).write_text(json.dumps({**results, "complete": False}, indent=1) + "\n")
+
     results["graphs"] = engines["fast"].graphs
     results["graph_agreement"] = agreement(engines["fast"], engines["fast_no_graphs"], prompt, scale)
     results["sdpa_agreement"] = agreement(engines["fast_sdpa"], engines["fast"], prompt, scale)
+    save_so_far()
     for name, engine in engines.items():
         entry = {"64x1024": decode(engine, [prompt] * (64 // scale), 1, 1024 // scale, device),
                  "256_in_flight": decode(engine, [prompt] * (32 // scale), 8, 256 // scale, device)}
         results[name] = entry
         print(name, entry, file=sys.stderr, flush=True)
+        save_so_far()
     # the weight refresh after an optimizer step (the fast engine copies the policy's weights into its buffers)
     engine = engines["fast"]
     times = []
