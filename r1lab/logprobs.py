@@ -88,6 +88,12 @@ def completion_logprobs(model, batch: Batch, *, chunk_size: int | None = None, t
                max_chunk_elements=max_chunk_elements, share_prompts=share_prompts)
 
 
+def mask_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids from an attention mask (…, T): each real token counts from 0, so left padding shifts nothing
+    (padding positions read 0)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def cache_keyword(module) -> str:
     """The name under which ``module``'s forward takes a KV cache: transformers 5.24 renamed ``past_key_values`` to
     ``cache`` (the old name warns until 5.40)."""
@@ -121,7 +127,7 @@ def completion_hidden(decoder, batch: Batch, share_prompts: bool = True) -> torc
     here, and a value model's head (``r1lab.value_model``). ``share_prompts``: each distinct prompt once
     (``shared_prompt_rows``)."""
     width = batch.prompt_width
-    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    position_ids = mask_positions(batch.attention_mask)
     shared = shared_prompt_rows(decoder, batch) if share_prompts else None
     if shared is None:
         # The decoder alone (no LM head, no other layer's hidden states kept): the head runs on completion
@@ -133,7 +139,7 @@ def completion_hidden(decoder, batch: Batch, share_prompts: bool = True) -> torc
     keyword = cache_keyword(decoder)
     cache = DynamicCache(config=decoder.config)
     prompts = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True,
-                      position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), **{keyword: cache})
+                      position_ids=mask_positions(prompt_mask), **{keyword: cache})
     # each row gets its prompt's keys and values (a copy that autograd routes back to the one prompt forward)
     rows_cache = DynamicCache(ddp_cache_data=[(layer.keys[row_prompt], layer.values[row_prompt])
                                               for layer in cache.layers], config=decoder.config)

@@ -41,7 +41,7 @@ from transformers.cache_utils import Cache
 from r1lab import cpu_matmul
 from r1lab.engine.base import Generation, SamplingParams
 from r1lab.engine.hf import TransformersEngine
-from r1lab.logprobs import cache_keyword
+from r1lab.logprobs import cache_keyword, mask_positions
 
 log = logging.getLogger("r1lab")
 
@@ -435,7 +435,7 @@ class HFSlotModel:
         width = max(lengths)
         ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
         real = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=self.device).bool()
-        positions = (real.long().cumsum(-1) - 1).clamp(min=0)
+        positions = mask_positions(real)
         causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
         visible = causal[None, None] & real[:, None, None, :]
         visible |= torch.eye(width, dtype=torch.bool, device=self.device)[None, None]  # pad rows see themselves
