@@ -167,7 +167,8 @@ def test_value_model_from_a_reward_model_keeps_its_score_head(tiny_policy, tmp_p
     from r1lab.value_model import init_value_model
 
     path, policy, tok = tiny_policy
-    config = policy.config.__class__.from_dict({**policy.config.to_dict(), "num_labels": 1})
+    config = policy.config.__class__.from_dict(policy.config.to_dict())
+    config.num_labels = 1  # one score (set after: in transformers 5.0 the dict's two default labels win)
     reward_model = Qwen2ForSequenceClassification(config)
     reward_model.save_pretrained(tmp_path / "rm")
     vm = init_value_model(tmp_path / "rm")
