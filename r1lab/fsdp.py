@@ -48,9 +48,29 @@ def shard_value_model(value_model, *, mixed_precision: bool) -> None:
     _shard(value_model, layers, mixed_precision, "values")
 
 
+# the FSDP2 calls r1lab needs that older torch releases lack (both arrived in torch 2.8)
+_NEEDED_FSDP_METHODS = ("set_gradient_divide_factor", "set_force_sum_reduction_for_comms")
+
+
+def missing_fsdp2_methods() -> list[str]:
+    """What ``parallel: fsdp2`` needs that this torch's FSDP2 lacks (empty from torch 2.8 on)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return [name for name in _NEEDED_FSDP_METHODS if not hasattr(FSDPModule, name)]
+
+
+def check_fsdp2_support() -> None:
+    """Raise a clear error when this torch's FSDP2 lacks what ``parallel: fsdp2`` needs (torch < 2.8)."""
+    missing = missing_fsdp2_methods()
+    if missing:
+        raise RuntimeError(f"parallel: fsdp2 needs torch 2.8 or newer (FSDP2's {', '.join(missing)}); this is torch "
+                           f"{torch.__version__}: upgrade torch, or use parallel: ddp")
+
+
 def _shard(root, layers, mixed_precision: bool, forward_method: str) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
+    check_fsdp2_support()
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision
               else MixedPrecisionPolicy())
     units = [fully_shard(layer, mp_policy=policy) for layer in layers]

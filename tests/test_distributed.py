@@ -13,6 +13,11 @@ import yaml
 from safetensors.torch import load_file
 
 from r1lab import dist
+from r1lab.fsdp import missing_fsdp2_methods
+
+# FSDP2's runs need torch 2.8 or newer (older ones get a clear error, tested below)
+FSDP2 = pytest.param("fsdp2", marks=pytest.mark.skipif(bool(missing_fsdp2_methods()),
+                                                       reason="parallel: fsdp2 needs torch 2.8 or newer"))
 
 TIMEOUT = 240  # seconds for a two-process run that takes ~6 s on an idle 2-core machine
 
@@ -67,7 +72,7 @@ def ppo_one_process(tmp_path_factory, eos_prone_checkpoint):
     return tmp_path / "runs" / "one"
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("parallel", ["ddp", FSDP2])
 def test_ppo_on_two_processes_equals_one_process(tmp_path, eos_prone_checkpoint, ppo_one_process, parallel):
     """PPO splits like GRPO; its advantages are whitened and its adaptive KL measured over every rank's tokens (one
     pass, one minibatch: with more, each rank shuffles its own share, so the minibatches differ from one process');
@@ -86,7 +91,7 @@ def test_ppo_on_two_processes_equals_one_process(tmp_path, eos_prone_checkpoint,
             assert y[key] == pytest.approx(x[key], abs=1e-5), key
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("parallel", ["ddp", FSDP2])
 def test_grpo_on_two_processes_equals_one_process(tmp_path, eos_prone_checkpoint, four_steps_straight, parallel):
     grpo_one_process = four_steps_straight  # four steps in one process, the same settings
     two = _run(_recipe(tmp_path, "two", eos_prone_checkpoint, parallel=parallel, steps=4, save_every=2,
@@ -152,7 +157,7 @@ def fixed_data_one_process(tmp_path_factory):
     return tmp_path / "runs" / "one"
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("parallel", ["ddp", FSDP2])
 def test_pretraining_sft_dpo_and_reward_model_on_two_processes_equal_one_process(tmp_path, fixed_data_one_process,
                                                                                    parallel):
     two = _run(_fixed_data_recipe(tmp_path, "two", parallel), 2)
@@ -233,6 +238,19 @@ def test_shard_gives_each_rank_whole_equal_parts(monkeypatch):
     assert dist.shard(5) == (0, 5)
 
 
+def test_fsdp2_on_a_torch_without_what_it_needs_says_which_torch(monkeypatch):
+    from torch.distributed.fsdp import FSDPModule
+
+    from r1lab.fsdp import check_fsdp2_support
+
+    if not missing_fsdp2_methods():
+        check_fsdp2_support()  # this torch has what it needs
+    monkeypatch.delattr(FSDPModule, "set_force_sum_reduction_for_comms", raising=False)
+    with pytest.raises(RuntimeError, match=r"parallel: fsdp2 needs torch 2.8 or newer \(FSDP2's .*"
+                                           r"set_force_sum_reduction_for_comms\); this is torch .*parallel: ddp"):
+        check_fsdp2_support()
+
+
 KILLING_REWARD = """
 import os, signal
 
@@ -295,7 +313,7 @@ def four_steps_straight(tmp_path_factory, eos_prone_checkpoint):
     return tmp_path / "runs" / "straight"
 
 
-@pytest.mark.parametrize("stopped_at, resumed_at, parallel", [(1, 2, "ddp"), (2, 1, "fsdp2")])
+@pytest.mark.parametrize("stopped_at, resumed_at, parallel", [(1, 2, "ddp"), pytest.param(2, 1, "fsdp2", marks=FSDP2.marks)])
 def test_a_run_stopped_at_one_world_size_resumes_at_another_with_the_same_steps(
         tmp_path, eos_prone_checkpoint, four_steps_straight, stopped_at, resumed_at, parallel):
     recipe = _recipe(tmp_path, "resumed", eos_prone_checkpoint, parallel=parallel, steps=4, save_every=2,
