@@ -350,10 +350,22 @@ def to_dict(config: Any) -> Any:
 # YAML files and command-line overrides
 
 
+def _missing_recipe_hint(path: Path) -> str:
+    """Where r1lab's own recipe of that relative name is, for a user who ran the command outside the checkout."""
+    if path.is_absolute():
+        return ""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / path).is_file():
+        return f" (here is r1lab's own: {checkout / path})"
+    if path.parts and path.parts[0] == "recipes":
+        return " (r1lab's example recipes come with its repository, in its recipes/ folder, not with the package)"
+    return ""
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}")
+        raise ConfigError(f"recipe file not found: {path}{_missing_recipe_hint(path)}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -210,3 +210,20 @@ def test_nested_defaults_come_from_the_enclosing_fields_default():
     rows = {key: default for key, _, default, _ in describe_fields(GRPOConfig)}
     assert rows["task.name"] == '""' and rows["adam_betas"] == "[0.9, 0.99]"
     assert {key: default for key, _, default, _ in describe_fields(RunConfig)}["task.name"] == '"arithmetic"'
+
+
+def test_a_recipe_not_found_outside_the_checkout_names_r1labs_own(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from r1lab.config import read_yaml
+
+    monkeypatch.chdir(tmp_path)
+    own = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "r1_zero.yaml"
+    with pytest.raises(ConfigError, match=rf"recipe file not found: recipes/tiny/r1_zero.yaml \(here is r1lab's "
+                                          rf"own: {own}\)"):
+        read_yaml("recipes/tiny/r1_zero.yaml")
+    with pytest.raises(ConfigError, match=r"recipes/tiny/nope.yaml \(r1lab's example recipes come with its "
+                                          r"repository"):
+        read_yaml("recipes/tiny/nope.yaml")
+    with pytest.raises(ConfigError, match=r"recipe file not found: mine.yaml$"):
+        read_yaml("mine.yaml")
