@@ -4,7 +4,7 @@
 set -u
 out=${1:-runs/gpu_check}
 mkdir -p "$out"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+source "$(dirname "$0")/gpu_env.sh"  # r1lab on PYTHONPATH; math-verify and datasets from .whl/ if missing
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
 for spec in "16 8 256 4 16" "32 8 512 3 16 --gradient-checkpointing"; do
   set -- $spec

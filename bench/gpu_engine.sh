@@ -11,7 +11,7 @@
 set -u
 out=${1:-runs/gpu_engine}
 mkdir -p "$out"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+source "$(dirname "$0")/gpu_env.sh"  # r1lab on PYTHONPATH; math-verify and datasets from .whl/ if missing
 timeout 180 python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tee "$out/test_gpu.txt"
 timeout 300 python3 bench/gpu_engine.py --out "$out/gpu_engine.json"
 # the GRPO step of the issue's target, 64 completions x 128 new tokens (4 prompts x G 16), bf16-mixed, 4 steps

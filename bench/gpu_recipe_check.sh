@@ -7,9 +7,13 @@
 set -u
 out=${1:-runs/gpu_recipe_check}; shift || true
 mkdir -p "$out"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+source "$(dirname "$0")/gpu_env.sh"  # r1lab on PYTHONPATH; math-verify and datasets from .whl/ if missing
 python3 -c "from pathlib import Path; import sys; sys.path.insert(0, 'bench'); from gpu_r1_zero import build; print(build('qwen2.5-0.5b', Path('/tmp/gpu_models')))"
 name=${RUN_NAME:-recipe_check}
+if ! python3 -c "import datasets, math_verify" 2>/dev/null; then  # the same step on other prompts
+  echo "recipe check: no datasets or math-verify in this Python (bench/gpu_wheels.sh): the arithmetic task instead"
+  set -- "$@" "task={name: arithmetic}"
+fi
 timeout 240 ${LAUNCH:-python3} -m r1lab run recipes/qwen2.5-0.5b/r1_zero.yaml model=/tmp/gpu_models/qwen2.5-0.5b \
   output_dir=/tmp/gpu_runs name=$name stages.grpo.steps=3 stages.grpo.eval_every=0 stages.grpo.save_every=0 \
   stages.grpo.eval=false "$@" 2>&1 | grep -v -i -E "warn|shards" | tail -20
