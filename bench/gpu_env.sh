@@ -1,6 +1,6 @@
 # Sourced by the GPU scripts: r1lab from this checkout on PYTHONPATH, quiet libraries, no hub, and the wheels of
 # bench/gpu_wheels.sh (in .whl/, when taken along) installed into R1LAB_GPU_SITE (default /tmp/r1lab_site) for each
-# module this Python lacks, so that a GPU image without math-verify or datasets still runs the math recipes.
+# module this Python lacks, so that a GPU image without math-verify or datasets still runs the recipes.
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 site=${R1LAB_GPU_SITE:-/tmp/r1lab_site}
 wheels=()

@@ -10,8 +10,8 @@ mkdir -p "$out"
 source "$(dirname "$0")/gpu_env.sh"  # r1lab on PYTHONPATH; math-verify and datasets from .whl/ if missing
 python3 -c "from pathlib import Path; import sys; sys.path.insert(0, 'bench'); from gpu_r1_zero import build; print(build('qwen2.5-0.5b', Path('/tmp/gpu_models')))"
 name=${RUN_NAME:-recipe_check}
-if ! python3 -c "import datasets, math_verify" 2>/dev/null; then  # the same step on other prompts
-  echo "recipe check: no datasets or math-verify in this Python (bench/gpu_wheels.sh): the arithmetic task instead"
+if ! python3 -c "import math_verify" 2>/dev/null; then  # the same step on other prompts
+  echo "recipe check: no math-verify in this Python (bench/gpu_wheels.sh): the arithmetic task instead of the math set"
   set -- "$@" "task={name: arithmetic}"
 fi
 timeout 240 ${LAUNCH:-python3} -m r1lab run recipes/qwen2.5-0.5b/r1_zero.yaml model=/tmp/gpu_models/qwen2.5-0.5b \

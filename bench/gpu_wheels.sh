@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels of what the GPU scripts need beyond torch and transformers, for a GPU machine with no internet whose Python
-# (3.12 here; PYTHON_VERSION to change) lacks them: math-verify (the math recipes' verifier) and datasets (their
-# data files), with the dependencies such an image usually lacks. Run it where pip reaches PyPI, then take .whl/
+# (3.12 here; PYTHON_VERSION to change) lacks them: math-verify (the math recipes' verifier) and datasets (CSV,
+# parquet and hub data), with the dependencies such an image usually lacks. Run it where pip reaches PyPI, then take .whl/
 # along to the GPU machine; bench/gpu_env.sh (sourced by the GPU scripts) installs from there what is missing.
 #   bash bench/gpu_wheels.sh        # -> .whl/ (git ignores it)
 set -eu
